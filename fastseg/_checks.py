@@ -1,0 +1,24 @@
+"""Input validation shared by every op: run before any kernel, raise a
+``TypeError``/``ValueError`` that names the argument and what was expected."""
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(t, name: str, ndims: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() not in ndims:
+        wanted = " or ".join(f"{n}-D" for n in ndims)
+        raise ValueError(f"{name} must be {wanted}, got shape {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{name} must have dtype {names}; got {str(t.dtype).removeprefix('torch.')}")
+
+
+def check_nonempty_planes(t: torch.Tensor, name: str) -> None:
+    """Pooling needs at least one pixel per plane (the batch and channel
+    dims may be empty, as in PyTorch)."""
+    if t.shape[-1] == 0 or t.shape[-2] == 0:
+        raise ValueError(f"{name} must have non-zero height and width, got shape {tuple(t.shape)}")

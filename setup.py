@@ -1,0 +1,56 @@
+"""Build fastseg: the Python package, its Triton kernels (installed as
+``fastseg.kernels``) and the extension ``fastseg._C``.
+
+The extension is built the way torchvision builds its own: the C++ CPU part
+always, the CUDA part when PyTorch has CUDA and nvcc is found (or
+``FORCE_CUDA=1``). Switches read from the environment:
+
+- ``FASTSEG_SKIP_EXTENSION=1``: install without compiling; the extension is
+  then JIT-compiled on first use (see ``fastseg/_extension.py``).
+- ``FORCE_CUDA=1``: build the CUDA part even where no GPU is visible.
+- ``DEBUG=1``: ``-O0 -g`` instead of ``-O3``.
+- ``MAX_JOBS`` and ``TORCH_CUDA_ARCH_LIST`` are honoured by torch's builder.
+
+Build with ``pip install --no-build-isolation -e .`` so that the torch already
+installed is the one compiled against (an isolated build would fetch another).
+"""
+
+import os
+import sys
+
+from setuptools import setup
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastseg"))
+import _sources  # noqa: E402  (the one list of extension sources, shared with the JIT loader)
+
+sys.path.pop(0)
+
+
+def _extension_modules():
+    if os.environ.get("FASTSEG_SKIP_EXTENSION") == "1":
+        return [], {}
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    import torch
+
+    root = os.path.dirname(os.path.abspath(__file__))
+    with_cuda = os.environ.get("FORCE_CUDA") == "1" or (
+        torch.version.cuda is not None and CUDA_HOME is not None
+    )
+    # setuptools wants source paths relative to setup.py
+    sources = [os.path.relpath(path, root) for path in _sources.extension_sources(root, with_cuda)]
+    flags = _sources.compile_flags(root, with_cuda, debug=os.environ.get("DEBUG") == "1")
+    if with_cuda:
+        ext = CUDAExtension("fastseg._C", sources, extra_compile_args=flags)
+    else:
+        ext = CppExtension("fastseg._C", sources, extra_compile_args={"cxx": flags["cxx"]})
+    return [ext], {"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)}
+
+
+ext_modules, cmdclass = _extension_modules()
+
+setup(
+    packages=["fastseg", "fastseg.ops", "fastseg.reference", "fastseg.kernels"],
+    package_dir={"fastseg.kernels": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)
