@@ -1,0 +1,32 @@
+"""Command line: ``python -m fastseg info`` and ``python -m fastseg demo``."""
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastseg", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("info", help="versions, devices and which backends can run here, and why not")
+    demo = commands.add_parser("demo", help="SegNet pool/unpool round trip on an embedded image, every backend")
+    demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is a GPU)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    import fastseg
+    from fastseg import _demo, _info
+
+    if args.command == "info":
+        print(_info.format_report(fastseg.backends()))
+        return 0
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA GPU is visible to PyTorch")
+    return 0 if _demo.run(device) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
