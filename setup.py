@@ -20,8 +20,10 @@ import sys
 
 from setuptools import setup
 
+# The one list of extension sources, shared with the JIT loader; loaded by
+# path because the package itself imports torch.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastseg"))
-import _sources  # noqa: E402  (the one list of extension sources, shared with the JIT loader)
+import _sources  # noqa: E402
 
 sys.path.pop(0)
 
@@ -29,8 +31,8 @@ sys.path.pop(0)
 def _extension_modules():
     if os.environ.get("FASTSEG_SKIP_EXTENSION") == "1":
         return [], {}
-    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     root = os.path.dirname(os.path.abspath(__file__))
     with_cuda = os.environ.get("FORCE_CUDA") == "1" or (

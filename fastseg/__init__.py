@@ -10,4 +10,4 @@ from ._info import backends
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailable", "backends", "ops", "reference", "__version__"]
+__all__ = ["BackendUnavailable", "__version__", "backends", "ops", "reference"]

@@ -45,7 +45,7 @@ def _max_pool2d_kernel(
             ok = row_ok & (iw >= 0) & (iw < W)
             v = tl.load(x_ptr + x_plane + ih * x_h + iw * x_w, mask=ok, other=float("-inf"))
             # The first valid tap is taken unconditionally (it is PyTorch's
-            # starting index even when every tap is -inf).
+            # starting index even when every tap is -inf); v != v is NaN.
             take = ok & ((v > best) | (v != v) | (best_tap < 0))
             best = tl.where(take, v, best)
             best_tap = tl.where(take, r * KW + q, best_tap)

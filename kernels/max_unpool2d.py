@@ -96,7 +96,7 @@ def unpool_forward(x: torch.Tensor, indices: torch.Tensor, window,
 
 def unpool_backward(grad_output: torch.Tensor, indices: torch.Tensor, window) -> torch.Tensor:
     # grad_output: [N, C, Ho, Wo], indices: [N, C, Hi, Wi] -> [N, C, Hi, Wi]
-    n, c, hi, wi = indices.shape
+    _, c, hi, wi = indices.shape
     ho, wo = grad_output.shape[-2:]
     grad_input = empty_like_layout(indices, indices.shape, grad_output.dtype)
     if grad_input.numel() == 0:

@@ -20,6 +20,7 @@ from .. import _backend
 from .._checks import FLOAT_DTYPES, check_nonempty_planes, check_tensor
 from .._layout import empty_like_layout
 from .._window import COMPACT_DTYPE, FLAT_DTYPE, PoolWindow
+
 _reference = importlib.import_module("fastseg.reference.max_pool2d")  # the module, not its function
 
 # On CPU PyTorch's own pooling kernel (the reference) is the fastest we have.

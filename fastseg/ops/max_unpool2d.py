@@ -22,6 +22,7 @@ from .. import _backend, _compiled_ops
 from .._checks import FLOAT_DTYPES, check_nonempty_planes, check_tensor
 from .._layout import empty_like_layout
 from .._window import COMPACT_DTYPE, FLAT_DTYPE, PoolWindow
+
 _reference = importlib.import_module("fastseg.reference.max_unpool2d")  # the module, not its function
 
 # Triton first on CUDA until a GPU run measures the CUDA kernel against it.
@@ -45,10 +46,8 @@ def _raise_invalid(indices: Tensor, window: PoolWindow, out_hw: tuple[int, int])
     _, valid = _reference.unpool_targets(indices, window, out_hw)
     bad = (~valid).nonzero()
     first = tuple(bad[0].tolist())
-    kind = ("flat indices must lie in [0, H_out * W_out) = [0, {}), got {}".format(
-        out_hw[0] * out_hw[1], int(indices[first])) if indices.dtype == FLAT_DTYPE else
-        "compact indices must name a tap of their window (< {}) inside the output {}, got {}".format(
-            window.area, out_hw, int(indices[first])))
+    kind = (f"flat indices must lie in [0, H_out * W_out) = [0, {out_hw[0] * out_hw[1]}), got {int(indices[first])}" if indices.dtype == FLAT_DTYPE else
+        f"compact indices must name a tap of their window (< {window.area}) inside the output {out_hw}, got {int(indices[first])}")
     raise ValueError(f"indices: {bad.shape[0]} of {indices.numel()} entries are invalid; {kind} at {first}")
 
 
@@ -110,7 +109,7 @@ def _output_hw(output_size, window: PoolWindow, in_hw: tuple[int, int], compact:
     default = window.default_unpooled_size(in_hw)
     if output_size is None:
         return default
-    if isinstance(output_size, torch.Size) or isinstance(output_size, (tuple, list)):
+    if isinstance(output_size, (torch.Size, tuple, list)):
         sizes = tuple(output_size)
     else:
         raise TypeError(f"output_size must be a sequence of ints, got {output_size!r}")
