@@ -28,9 +28,8 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-import torch
-
 import roofline
+import torch
 
 _ENV_KEY = pytest.StashKey()
 
@@ -43,18 +42,6 @@ def pytest_addoption(parser):
                     help="full: every SegNet shape; quick: two batch-1 shapes (auto: full on cuda, quick on cpu)")
     group.addoption("--fastseg-budget", type=float, default=None,
                     help="seconds of timed calls per benchmark (default 0.15 on cuda, 0.3 on cpu)")
-
-
-def resolve_device(config) -> torch.device:
-    option = config.getoption("fastseg_device")
-    if option == "auto":
-        option = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(option)
-
-
-def full_shapes(config) -> bool:
-    option = config.getoption("fastseg_shapes")
-    return resolve_device(config).type == "cuda" if option == "auto" else option == "full"
 
 
 def pytest_configure(config):
@@ -176,6 +163,25 @@ class BenchEnv:
             "median_s": median, "gbps": round(gbps, 2), "copy_bandwidth_gbps": round(copy_gbps, 2),
             "pct_of_copy_bandwidth": round(100 * gbps / copy_gbps, 1),
         })
+        if device.type == "cuda":
+            # The GPU's own span per call (CUDA events), beside the host-clock median
+            # above that includes launch and synchronization: for batch-1 deep stages
+            # (a few microseconds of kernel) the two differ most.
+            spans = []
+            for _ in range(min(rounds, 100)):
+                args = next(rotation)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn(*args)
+                end.record()
+                end.synchronize()
+                spans.append(start.elapsed_time(end) / 1e3)
+            event_median = statistics.median(spans)
+            event_gbps = traffic.total / event_median / 1e9
+            benchmark.extra_info.update({
+                "cuda_event_median_s": event_median, "cuda_event_gbps": round(event_gbps, 2),
+                "cuda_event_pct_of_copy_bandwidth": round(100 * event_gbps / copy_gbps, 1),
+            })
         self.results.append({"group": benchmark.group, "name": benchmark.name,
                              "stats": {"median": median}, "extra_info": dict(benchmark.extra_info)})
 
@@ -183,7 +189,7 @@ class BenchEnv:
 @pytest.fixture(scope="session")
 def bench_env(request) -> BenchEnv:
     config = request.config
-    device = resolve_device(config)
+    device = roofline.resolve_device(config)
     budget = config.getoption("fastseg_budget")
     if budget is None:
         budget = 0.15 if device.type == "cuda" else 0.3
@@ -200,7 +206,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     """Device name, versions and the measured copy bandwidth in the JSON's
     machine_info, next to pytest-benchmark's CPU description."""
     env = config.stash.get(_ENV_KEY, None)
-    device = env.device if env else resolve_device(config)
+    device = env.device if env else roofline.resolve_device(config)
     machine_info["fastseg"] = {
         "device": env.name if env else roofline.device_name(device),
         "device_type": device.type,

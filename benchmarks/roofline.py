@@ -12,6 +12,7 @@ compact (uint8) indices save.
 Nothing here queries the GPU at import time.
 """
 
+import math
 import os
 import platform
 import statistics
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-FLAT_INDEX_BYTES = torch.empty((), dtype=torch.int64).element_size()    # PyTorch's flat indices
-COMPACT_INDEX_BYTES = torch.empty((), dtype=torch.uint8).element_size()  # fastseg's window positions
+FLAT_INDEX_BYTES = torch.int64.itemsize    # PyTorch's flat indices
+COMPACT_INDEX_BYTES = torch.uint8.itemsize  # fastseg's window positions
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,12 @@ class Traffic:
 
 
 def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+    return math.prod(shape)
 
 
 def pool_traffic(in_shape, out_shape, dtype: torch.dtype, index_bytes_each: int) -> Traffic:
     """Max-pool: read x [N, C, H, W]; write values and indices [N, C, Ho, Wo]."""
-    es = torch.empty((), dtype=dtype).element_size()
+    es = dtype.itemsize
     n_in, n_out = _numel(in_shape), _numel(out_shape)
     index_bytes = n_out * index_bytes_each
     return Traffic(n_in * es + n_out * es + index_bytes, index_bytes)
@@ -50,7 +48,7 @@ def pool_traffic(in_shape, out_shape, dtype: torch.dtype, index_bytes_each: int)
 def unpool_traffic(in_shape, out_shape, dtype: torch.dtype, index_bytes_each: int) -> Traffic:
     """Max-unpool: read values and indices [N, C, Ho, Wo]; write y [N, C, H, W]
     (every element of y: the zeros are part of the output)."""
-    es = torch.empty((), dtype=dtype).element_size()
+    es = dtype.itemsize
     n_in, n_out = _numel(in_shape), _numel(out_shape)
     index_bytes = n_in * index_bytes_each
     return Traffic(n_in * es + index_bytes + n_out * es, index_bytes)
@@ -62,6 +60,20 @@ def roundtrip_traffic(x_shape, pooled_shape, dtype: torch.dtype, index_bytes_eac
     pool = pool_traffic(x_shape, pooled_shape, dtype, index_bytes_each)
     unpool = unpool_traffic(pooled_shape, x_shape, dtype, index_bytes_each)
     return Traffic(pool.total + unpool.total, pool.index_bytes + unpool.index_bytes)
+
+
+def resolve_device(config) -> torch.device:
+    """The device ``--fastseg-device`` names (auto: CUDA when PyTorch sees a GPU)."""
+    option = config.getoption("fastseg_device")
+    if option == "auto":
+        option = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(option)
+
+
+def full_shapes(config) -> bool:
+    """``--fastseg-shapes``: every shape (auto: on CUDA) or the quick CPU set."""
+    option = config.getoption("fastseg_shapes")
+    return resolve_device(config).type == "cuda" if option == "auto" else option == "full"
 
 
 def synchronize(device: torch.device) -> None:
@@ -89,7 +101,7 @@ def last_level_cache_bytes(device: torch.device) -> int:
     (32 MiB assumed where it lists none). Inputs are rotated so that a set is
     not read again before at least twice this many bytes went through."""
     if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).L2_cache_size)
+        return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20))
     largest = 0
     root = "/sys/devices/system/cpu/cpu0/cache"
     try:
@@ -165,7 +177,9 @@ def _rows(benchmarks):
 
 
 def summary_lines(benchmarks) -> list[str]:
-    lines = [f"{'group':<48} {'variant':<32} {'median ms':>10} {'GB/s':>8} {'% copy':>7} {'vs torch':>9}"]
+    events = any("cuda_event_median_s" in b["extra_info"] for b in benchmarks)
+    lines = [f"{'group':<48} {'variant':<32} {'median ms':>10} {'GB/s':>8} {'% copy':>7} {'vs torch':>9}"
+             + (f" {'event ms':>10} {'% copy':>7}" if events else "")]
     groups = {}
     for b in benchmarks:
         groups.setdefault(b["group"], []).append(b)
@@ -176,7 +190,9 @@ def summary_lines(benchmarks) -> list[str]:
             speedup = f"{baseline['stats']['median'] / median:.2f}x" if baseline else "no baseline"
             lines.append(f"{group:<48} {info.get('variant', b['name']):<32} {median * 1e3:>10.3f} "
                          f"{info.get('gbps', float('nan')):>8.1f} {info.get('pct_of_copy_bandwidth', float('nan')):>6.1f}% "
-                         f"{speedup:>9}")
+                         f"{speedup:>9}"
+                         + (f" {info.get('cuda_event_median_s', float('nan')) * 1e3:>10.3f} "
+                            f"{info.get('cuda_event_pct_of_copy_bandwidth', float('nan')):>6.1f}%" if events else ""))
     return lines
 
 

@@ -15,15 +15,14 @@ broken kernel is never timed.
 """
 
 import importlib
+import math
 from dataclasses import dataclass
 
-import pytest
+import roofline
 import torch
 import torch.nn.functional as F
 
 import fastseg
-import roofline
-from conftest import full_shapes, resolve_device
 
 KERNEL, STRIDE = 2, 2  # SegNet's pools: 2x2, stride 2, no padding or dilation
 
@@ -148,10 +147,10 @@ def pytest_generate_tests(metafunc):
                         ("roundtrip_case", "max_pool2d+max_unpool2d")):
         if fixture in metafunc.fixturenames:
             config = metafunc.config
-            cuda = resolve_device(config).type == "cuda"
+            cuda = roofline.resolve_device(config).type == "cuda"
             dtypes = (torch.float32, torch.bfloat16) + ((torch.float16,) if cuda else ())
             cases = [Case(op, shape, dtype, layout, variant)
-                     for shape in segnet_shapes(full_shapes(config))
+                     for shape in segnet_shapes(roofline.full_shapes(config))
                      for dtype in dtypes for layout in LAYOUTS for variant in _variants(op)]
             metafunc.parametrize(fixture, cases, ids=[c.id for c in cases])
 
@@ -224,7 +223,7 @@ def check_unpool(case: Case, got: torch.Tensor, expected: torch.Tensor) -> None:
 
 def _pool_sets(bench_env, case: Case, traffic: roofline.Traffic, disabled: bool):
     shape, device = case.shape, bench_env.device
-    set_bytes = traffic.total - traffic.index_bytes  # x, plus nothing kept: outputs are made per call
+    set_bytes = math.prod(shape.dims) * case.dtype.itemsize  # a set is one x; outputs are made per call
     count = bench_env.rotation_count(traffic.total, set_bytes, disabled)
     return bench_env.inputs(("x", shape, case.dtype, case.layout, count),
                             lambda _: _random_input(shape, case.dtype, case.layout, device), count)
@@ -265,15 +264,16 @@ def test_max_unpool2d(benchmark, bench_env, unpool_case):
     out_hw = (shape.h, shape.w)  # SegNet's decoder unpools to the encoder's size (45, not 44)
     traffic = roofline.unpool_traffic(shape.pooled, shape.dims, case.dtype, INDEX_BYTES[variant.indices])
     fewest = roofline.unpool_traffic(shape.pooled, shape.dims, case.dtype, roofline.COMPACT_INDEX_BYTES)
-    set_bytes = fewest.total - roofline.pooled_bytes(shape.dims, case.dtype) + \
-        roofline.pool_traffic(shape.dims, shape.pooled, case.dtype, roofline.FLAT_INDEX_BYTES).index_bytes
+    set_bytes = math.prod(shape.pooled) * (case.dtype.itemsize + roofline.FLAT_INDEX_BYTES
+                                           + roofline.COMPACT_INDEX_BYTES)  # values, flat, compact
     count = bench_env.rotation_count(fewest.total, set_bytes, benchmark.disabled)
 
     def make(_):
         # real pooling results of a random input: values, flat and compact indices of the same maxima
         x = _random_input(shape, case.dtype, case.layout, device)
         values, flat = F.max_pool2d(x, KERNEL, STRIDE, return_indices=True)
-        return values, flat, flat_to_compact(flat, shape.w)
+        compact = flat_to_compact(flat, shape.w).contiguous(memory_format=LAYOUTS[case.layout])
+        return values, flat, compact
 
     data = bench_env.inputs(("pooled", shape, case.dtype, case.layout, count), make, count)
     which = 1 if variant.indices == "flat" else 2
