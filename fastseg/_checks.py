@@ -18,7 +18,7 @@ def check_tensor(t, name: str, ndims: tuple[int, ...], dtypes: tuple[torch.dtype
 
 
 def check_nonempty_planes(t: torch.Tensor, name: str) -> None:
-    """Pooling needs at least one pixel per plane (the batch and channel
-    dims may be empty, as in PyTorch)."""
-    if t.shape[-1] == 0 or t.shape[-2] == 0:
-        raise ValueError(f"{name} must have non-zero height and width, got shape {tuple(t.shape)}")
+    """Pooling needs channels and at least one pixel per plane; only the
+    batch may be empty, as in PyTorch."""
+    if 0 in t.shape[-3:]:
+        raise ValueError(f"{name} must have non-zero channels, height and width, got shape {tuple(t.shape)}")

@@ -81,7 +81,26 @@ class PoolWindow:
             raise ValueError(f"input: the pooling window (kernel_size={self.kernel}, dilation={self.dilation}, "
                              f"padding={self.padding}) is larger than the padded input {tuple(in_hw)}; "
                              f"output would be {tuple(out)}")
+        for axis in range(2):
+            if not self._every_window_has_input(axis, in_hw[axis], out[axis]):
+                raise ValueError(f"input: with kernel_size={self.kernel}, stride={self.stride}, "
+                                 f"padding={self.padding}, dilation={self.dilation} some pooling window on an "
+                                 f"input of size {tuple(in_hw)} holds padding only (it would have no max)")
         return tuple(out)
+
+    def _every_window_has_input(self, axis: int, size: int, windows: int) -> bool:
+        """PyTorch's padding <= kernel // 2 rule ignores dilation, so a
+        dilated window can straddle a small input without touching it."""
+        k, s, p, d = self.kernel[axis], self.stride[axis], self.padding[axis], self.dilation[axis]
+
+        def touches(o: int) -> bool:
+            return any(0 <= o * s - p + r * d < size for r in range(k))
+
+        # With taps closer than the input is wide, a window whose span meets
+        # the input has a tap in it, and spans move monotonically: the two
+        # end windows decide. Wider taps are rare; check every window.
+        candidates = (0, windows - 1) if d <= size else range(windows)
+        return all(touches(o) for o in candidates)
 
     def default_unpooled_size(self, pooled_hw: tuple[int, int]) -> tuple[int, int]:
         """nn.MaxUnpool2d's default output size (dilation included)."""

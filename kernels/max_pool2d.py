@@ -2,8 +2,9 @@
 output scanning its window's taps row by row.
 
 Tie-breaking is PyTorch's: the first maximum wins, a NaN always wins (so
-the last NaN of a window), padding never wins. Comparisons run in the input
-dtype: a max is exact in any precision, so no widening is needed.
+the last NaN of a window), padding never wins. 16-bit inputs are compared
+in float32, which holds them exactly (and Triton's interpreter compares
+bfloat16 by its raw bits); float64 stays float64.
 """
 
 import torch
@@ -26,6 +27,7 @@ def _max_pool2d_kernel(
     pad_h, pad_w, stride_h, stride_w, dil_h, dil_w,
     KH: tl.constexpr, KW: tl.constexpr,
     COMPACT: tl.constexpr,
+    COMPARE: tl.constexpr,  # float32 for 16-bit inputs (exact), else the input dtype
     CHANNELS_LAST: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -35,7 +37,7 @@ def _max_pool2d_kernel(
     x_plane = n * x_n + c * x_c
     h0 = oh * stride_h - pad_h
     w0 = ow * stride_w - pad_w
-    best = tl.full([BLOCK], float("-inf"), dtype=x_ptr.dtype.element_ty)
+    best = tl.full([BLOCK], float("-inf"), dtype=COMPARE)
     best_tap = tl.full([BLOCK], -1, dtype=tl.int32)
     for r in range(KH):
         ih = h0 + r * dil_h
@@ -43,14 +45,14 @@ def _max_pool2d_kernel(
         for q in tl.static_range(KW):
             iw = w0 + q * dil_w
             ok = row_ok & (iw >= 0) & (iw < W)
-            v = tl.load(x_ptr + x_plane + ih * x_h + iw * x_w, mask=ok, other=float("-inf"))
+            v = tl.load(x_ptr + x_plane + ih * x_h + iw * x_w, mask=ok, other=float("-inf")).to(COMPARE)
             # The first valid tap is taken unconditionally (it is PyTorch's
             # starting index even when every tap is -inf); v != v is NaN.
             take = ok & ((v > best) | (v != v) | (best_tap < 0))
             best = tl.where(take, v, best)
             best_tap = tl.where(take, r * KW + q, best_tap)
     out = n * y_n + c * y_c + oh * y_h + ow * y_w
-    tl.store(y_ptr + out, best, mask=live)
+    tl.store(y_ptr + out, best.to(y_ptr.dtype.element_ty), mask=live)
     if COMPACT:
         tl.store(idx_ptr + out, best_tap.to(tl.uint8), mask=live)
     else:
@@ -74,7 +76,9 @@ def pool_forward(x: torch.Tensor, window, ceil_mode: bool,
         c, h, w, out_hw[0], out_hw[1], values.numel(),
         *x.stride(), *values.stride(),
         ph, pw, sh, sw, dh, dw,
-        KH=kh, KW=kw, COMPACT=compact, CHANNELS_LAST=walks_channels_last(values), BLOCK=BLOCK,
+        KH=kh, KW=kw, COMPACT=compact,
+        COMPARE=tl.float64 if x.dtype == torch.float64 else tl.float32,
+        CHANNELS_LAST=walks_channels_last(values), BLOCK=BLOCK,
     )
     return values, indices
 

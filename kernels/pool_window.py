@@ -46,7 +46,7 @@ def _take_tap(src_ptr, idx_ptr, src_plane, idx_plane, s_h, s_w, i_h, i_w,
         hit = ok & (idx == h * Wd + w)
     val = tl.load(src_ptr + src_plane + oh * s_h + ow * s_w, mask=hit, other=0)
     if SUM:
-        acc += val.to(tl.float32)
+        acc += val.to(acc.dtype)
     else:
         acc = tl.where(hit, val, acc)
     return acc, bad
@@ -68,6 +68,7 @@ def _window_gather_kernel(
     SUM: tl.constexpr,  # sum every match (pool backward) or keep the last (unpool)
     CHECK: tl.constexpr,  # validate compact indices (unpool of user indices)
     ONE_WINDOW: tl.constexpr,  # windows do not overlap
+    ACC: tl.constexpr,  # sum dtype: float32, or float64 for float64 data
     CHANNELS_LAST: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -77,7 +78,7 @@ def _window_gather_kernel(
     src_plane = n * s_n + c * s_c
     idx_plane = n * i_n + c * i_c
     if SUM:
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        acc = tl.zeros([BLOCK], dtype=ACC)
     else:
         acc = tl.zeros([BLOCK], dtype=src_ptr.dtype.element_ty)
     bad = tl.zeros([BLOCK], dtype=tl.int1)
@@ -128,5 +129,6 @@ def window_gather(src: torch.Tensor, indices: torch.Tensor, window, out: torch.T
         *src.stride(), *indices.stride(), *out.stride(),
         ph, pw, sh, sw, dh, dw,
         KH=kh, KW=kw, COMPACT=compact, SUM=accumulate, CHECK=check, ONE_WINDOW=window.non_overlapping,
+        ACC=tl.float64 if src.dtype == torch.float64 else tl.float32,
         CHANNELS_LAST=walks_channels_last(out), BLOCK=BLOCK,
     )

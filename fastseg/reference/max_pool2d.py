@@ -40,7 +40,10 @@ def pool_backward(grad_values: torch.Tensor, indices: torch.Tensor, window: Pool
     else:
         rows, cols = window.compact_to_target(indices)
         flat = rows * in_hw[1] + cols
-    grad_input = grad_values.new_zeros(n * c, in_hw[0] * in_hw[1], dtype=torch.float32)
-    grad_input.scatter_add_(1, flat.reshape(n * c, -1), grad_values.reshape(n * c, -1).float())
+    # Sums in float32 at least (float64 stays float64), rounded once at the end.
+    accumulate = torch.promote_types(grad_values.dtype, torch.float32)
+    pooled_size = grad_values.shape[-2] * grad_values.shape[-1]
+    grad_input = grad_values.new_zeros(n * c, in_hw[0] * in_hw[1], dtype=accumulate)
+    grad_input.scatter_add_(1, flat.reshape(n * c, pooled_size), grad_values.reshape(n * c, pooled_size).to(accumulate))
     grad_input = grad_input.view(n, c, *in_hw).to(grad_values.dtype)
     return grad_input.contiguous(memory_format=memory_format_of(grad_values))

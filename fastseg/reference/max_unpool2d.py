@@ -47,15 +47,16 @@ def unpool_forward(x: torch.Tensor, indices: torch.Tensor, window: PoolWindow,
     n, c = x.shape[:2]
     planes, plane_size = n * c, out_hw[0] * out_hw[1]
     targets, valid = unpool_targets(indices, window, out_hw)
-    targets = targets.reshape(planes, -1)
-    valid = valid.reshape(planes, -1)
+    in_size = x.shape[-2] * x.shape[-1]
+    targets = targets.reshape(planes, in_size)
+    valid = valid.reshape(planes, in_size)
     source = torch.arange(targets.shape[1], device=x.device).expand(planes, -1)
     # winner[p, t]: the last input position whose index names output t, or -1
     winner = torch.full((planes, plane_size + 1), -1, dtype=torch.int64, device=x.device)
     dump = torch.full_like(targets, plane_size)  # invalid indices land in a discarded column
     winner.scatter_reduce_(1, torch.where(valid, targets, dump), source, reduce="amax")
     winner = winner[:, :plane_size]
-    picked = x.reshape(planes, -1).gather(1, winner.clamp(min=0))
+    picked = x.reshape(planes, in_size).gather(1, winner.clamp(min=0))
     out = torch.where(winner >= 0, picked, torch.zeros_like(picked))
     invalid = (~valid).sum().to(torch.int32).reshape(1)
     return out.view(n, c, *out_hw).contiguous(memory_format=memory_format_of(x)), invalid
@@ -69,7 +70,7 @@ def unpool_backward(grad_output: torch.Tensor, indices: torch.Tensor,
     n, c = grad_output.shape[:2]
     out_hw = tuple(grad_output.shape[-2:])
     targets, valid = unpool_targets(indices, window, out_hw)
-    flat_grad = grad_output.reshape(n * c, -1)
-    picked = flat_grad.gather(1, torch.where(valid, targets, 0).reshape(n * c, -1))
+    flat_grad = grad_output.reshape(n * c, out_hw[0] * out_hw[1])
+    picked = flat_grad.gather(1, torch.where(valid, targets, 0).reshape(n * c, indices.shape[-2] * indices.shape[-1]))
     grad_input = torch.where(valid, picked.view(indices.shape), 0).to(grad_output.dtype)
     return grad_input.contiguous(memory_format=memory_format_of(indices))
