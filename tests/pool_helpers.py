@@ -82,6 +82,11 @@ class Geometry:
         return "-".join(parts)
 
     @property
+    def schema_lists(self) -> tuple[list[int], list[int], list[int], list[int]]:
+        """kernel, stride, padding, dilation as the registered ops take them."""
+        return list(self.kernel2), list(self.stride2), list(self.padding2), list(self.dilation2)
+
+    @property
     def pool_args(self) -> dict:
         return dict(kernel_size=self.kernel, stride=self.stride, padding=self.padding, dilation=self.dilation,
                     ceil_mode=self.ceil_mode)

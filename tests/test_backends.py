@@ -35,6 +35,13 @@ def _unpool_args(gen):
     return values, indices, 2
 
 
+def _call(op: str, gen, **kwargs):
+    """Run ``op`` ("pool" or "unpool") on small random inputs."""
+    if op == "pool":
+        return max_pool2d_with_indices(*_pool_args(gen), **kwargs)
+    return max_unpool2d(*_unpool_args(gen), **kwargs)
+
+
 def test_report_lists_every_backend_and_op():
     report = fastseg.backends()
     assert {"python", "torch", "triton", "triton_interpret", "cuda_runtime", "gpu", "extension", "backends",
@@ -133,10 +140,7 @@ def test_env_var_routes_calls(env, ran_reference, monkeypatch, gen):
 def test_env_var_with_an_unknown_name_raises(op, monkeypatch, gen):
     monkeypatch.setenv("FASTSEG_BACKEND", "bogus")
     with pytest.raises(ValueError, match=r"FASTSEG_BACKEND must be one of .* got 'bogus'"):
-        if op == "pool":
-            max_pool2d_with_indices(*_pool_args(gen))
-        else:
-            max_unpool2d(*_unpool_args(gen))
+        _call(op, gen)
 
 
 def test_env_var_naming_a_backend_the_op_lacks_raises(monkeypatch, gen):
@@ -151,10 +155,7 @@ def test_env_var_naming_a_backend_the_op_lacks_raises(monkeypatch, gen):
 def test_unknown_backend_name_raises(op, gen, no_backend_env):
     with pytest.raises(ValueError, match=r"backend must be one of \('triton', 'cuda', 'cpp', 'reference'\) or None, "
                                          r"got 'fast'"):
-        if op == "pool":
-            max_pool2d_with_indices(*_pool_args(gen), backend="fast")
-        else:
-            max_unpool2d(*_unpool_args(gen), backend="fast")
+        _call(op, gen, backend="fast")
 
 
 @pytest.mark.parametrize("op, backend, match", [
@@ -166,10 +167,7 @@ def test_unknown_backend_name_raises(op, gen, no_backend_env):
 def test_backend_that_cannot_run_raises_why(op, backend, match, gen, no_backend_env):
     assert issubclass(BackendUnavailable, RuntimeError)
     with pytest.raises(BackendUnavailable, match=match):
-        if op == "pool":
-            max_pool2d_with_indices(*_pool_args(gen), backend=backend)
-        else:
-            max_unpool2d(*_unpool_args(gen), backend=backend)
+        _call(op, gen, backend=backend)
 
 
 @pytest.mark.parametrize("op", ["pool", "unpool"])
@@ -177,10 +175,7 @@ def test_triton_on_cpu_needs_the_interpreter(op, monkeypatch, gen, no_backend_en
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(BackendUnavailable, match=r"backend 'triton' .* Triton runs on CPU tensors only under "
                                                  r"TRITON_INTERPRET=1"):
-        if op == "pool":
-            max_pool2d_with_indices(*_pool_args(gen), backend="triton")
-        else:
-            max_unpool2d(*_unpool_args(gen), backend="triton")
+        _call(op, gen, backend="triton")
 
 
 def test_import_without_triton():

@@ -270,10 +270,6 @@ def test_module_rejects_bad_arguments_at_construction(kwargs, error, match):
 
 # --- torch.library registration ----------------------------------------------------------
 
-def _schema_args(geometry: Geometry):
-    return list(geometry.kernel2), list(geometry.stride2), list(geometry.padding2), list(geometry.dilation2)
-
-
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("compact", [False, True], ids=["flat", "compact"])
 @pytest.mark.parametrize("device, backend", BACKENDS)
@@ -282,10 +278,10 @@ def test_opcheck(device, backend, compact, layout, gen):
     AOT dispatch of both ops."""
     geometry = ASYMMETRIC
     x = make_input(geometry.shape, layout=layout, device=device, gen=gen).requires_grad_()
-    args = (*_schema_args(geometry), geometry.ceil_mode, compact, backend)
+    args = (*geometry.schema_lists, geometry.ceil_mode, compact, backend)
     torch.library.opcheck(torch.ops.fastseg.max_pool2d_with_indices.default, (x, *args))
 
     values, indices = torch.ops.fastseg.max_pool2d_with_indices(x.detach(), *args)
     grad = relayout(random_values(values.shape, x.dtype, "randn", gen).to(device), layout)
     torch.library.opcheck(torch.ops.fastseg.max_pool2d_backward.default,
-                          (grad, indices, list(x.shape[-2:]), *_schema_args(geometry), backend))
+                          (grad, indices, list(x.shape[-2:]), *geometry.schema_lists, backend))

@@ -386,10 +386,6 @@ def test_indices_on_another_device_raise(gen):
 
 # --- torch.library, torch.compile, torch.export ---------------------------------------------
 
-def _window_lists(geometry: Geometry):
-    return list(geometry.kernel2), list(geometry.stride2), list(geometry.padding2), list(geometry.dilation2)
-
-
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("compact", [False, True], ids=["flat", "compact"])
 @pytest.mark.parametrize("device, backend", BACKENDS)
@@ -399,10 +395,10 @@ def test_opcheck(device, backend, compact, layout, gen):
     indices = relayout(compact_indices if compact else flat, layout)
     values = relayout(values_at_targets(torch.randn(x.shape, generator=gen).to(device), flat), layout)
     torch.library.opcheck(torch.ops.fastseg.max_unpool2d.default,
-                          (values.requires_grad_(), indices, list(x.shape[-2:]), *_window_lists(geometry), backend))
+                          (values.requires_grad_(), indices, list(x.shape[-2:]), *geometry.schema_lists, backend))
     grad_output = relayout(torch.randn(x.shape, generator=gen).to(device), layout)
     torch.library.opcheck(torch.ops.fastseg.max_unpool2d_backward.default,
-                          (grad_output, indices, *_window_lists(geometry), backend))
+                          (grad_output, indices, *geometry.schema_lists, backend))
 
 
 COMPILED_PAIRS = [
