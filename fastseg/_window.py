@@ -63,6 +63,11 @@ class PoolWindow:
     def non_overlapping(self) -> bool:
         return all(s >= e for s, e in zip(self.stride, self.extent))
 
+    @classmethod
+    def from_lists(cls, kernel_size, stride, padding, dilation) -> "PoolWindow":
+        """The inverse of ``as_lists``: arguments already checked."""
+        return cls(tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+
     def as_lists(self) -> tuple[list[int], list[int], list[int], list[int]]:
         """The four pairs as lists, the form torch.library schemas take."""
         return list(self.kernel), list(self.stride), list(self.padding), list(self.dilation)

@@ -33,20 +33,16 @@ def _implementation(backend: str):
     return _reference
 
 
-def _window(kernel_size, stride, padding, dilation) -> PoolWindow:
-    return PoolWindow(tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
-
-
 @torch.library.custom_op("fastseg::max_pool2d_with_indices", mutates_args=())
 def _max_pool2d_op(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                    dilation: list[int], ceil_mode: bool, compact: bool, backend: str) -> tuple[Tensor, Tensor]:
-    window = _window(kernel_size, stride, padding, dilation)
+    window = PoolWindow.from_lists(kernel_size, stride, padding, dilation)
     return _implementation(backend).pool_forward(x, window, ceil_mode, compact)
 
 
 @_max_pool2d_op.register_fake
 def _(x, kernel_size, stride, padding, dilation, ceil_mode, compact, backend):
-    out_hw = _window(kernel_size, stride, padding, dilation).pooled_size(tuple(x.shape[-2:]), ceil_mode)
+    out_hw = PoolWindow.from_lists(kernel_size, stride, padding, dilation).pooled_size(tuple(x.shape[-2:]), ceil_mode)
     values = empty_like_layout(x, (*x.shape[:2], *out_hw))
     return values, torch.empty_like(values, dtype=COMPACT_DTYPE if compact else FLAT_DTYPE)
 
@@ -54,7 +50,7 @@ def _(x, kernel_size, stride, padding, dilation, ceil_mode, compact, backend):
 @torch.library.custom_op("fastseg::max_pool2d_backward", mutates_args=())
 def _max_pool2d_backward_op(grad_values: Tensor, indices: Tensor, input_size: list[int], kernel_size: list[int],
                             stride: list[int], padding: list[int], dilation: list[int], backend: str) -> Tensor:
-    window = _window(kernel_size, stride, padding, dilation)
+    window = PoolWindow.from_lists(kernel_size, stride, padding, dilation)
     return _implementation(backend).pool_backward(grad_values, indices, window, tuple(input_size))
 
 

@@ -37,24 +37,24 @@ def _implementation(backend: str):
     return _reference
 
 
-def _window(kernel_size, stride, padding, dilation) -> PoolWindow:
-    return PoolWindow(tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
-
-
 def _raise_invalid(indices: Tensor, window: PoolWindow, out_hw: tuple[int, int]) -> None:
     """The error path: say how many indices are bad and show the first."""
     _, valid = _reference.unpool_targets(indices, window, out_hw)
     bad = (~valid).nonzero()
     first = tuple(bad[0].tolist())
-    kind = (f"flat indices must lie in [0, H_out * W_out) = [0, {out_hw[0] * out_hw[1]}), got {int(indices[first])}" if indices.dtype == FLAT_DTYPE else
-        f"compact indices must name a tap of their window (< {window.area}) inside the output {out_hw}, got {int(indices[first])}")
+    got = int(indices[first])
+    if indices.dtype == FLAT_DTYPE:
+        kind = f"flat indices must lie in [0, H_out * W_out) = [0, {out_hw[0] * out_hw[1]}), got {got}"
+    else:
+        kind = (f"compact indices must name a tap of their window (< {window.area}) inside the output {out_hw}, "
+                f"got {got}")
     raise ValueError(f"indices: {bad.shape[0]} of {indices.numel()} entries are invalid; {kind} at {first}")
 
 
 @torch.library.custom_op("fastseg::max_unpool2d", mutates_args=())
 def _max_unpool2d_op(x: Tensor, indices: Tensor, output_size: list[int], kernel_size: list[int],
                      stride: list[int], padding: list[int], dilation: list[int], backend: str) -> Tensor:
-    window = _window(kernel_size, stride, padding, dilation)
+    window = PoolWindow.from_lists(kernel_size, stride, padding, dilation)
     if x.is_cuda and indices.dtype == FLAT_DTYPE and backend != "reference":
         torch._C._alert_not_deterministic(
             "fastseg.ops.max_unpool2d with flat (int64) indices on CUDA; compact (uint8) indices are deterministic")
@@ -74,7 +74,7 @@ def _(x, indices, output_size, kernel_size, stride, padding, dilation, backend):
 @torch.library.custom_op("fastseg::max_unpool2d_backward", mutates_args=())
 def _max_unpool2d_backward_op(grad_output: Tensor, indices: Tensor, kernel_size: list[int], stride: list[int],
                               padding: list[int], dilation: list[int], backend: str) -> Tensor:
-    window = _window(kernel_size, stride, padding, dilation)
+    window = PoolWindow.from_lists(kernel_size, stride, padding, dilation)
     return _implementation(backend).unpool_backward(grad_output, indices, window)
 
 
