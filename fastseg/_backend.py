@@ -77,7 +77,7 @@ def _backend_on(name: str, device_type: str) -> Availability:
     raise ValueError(f"backend must be one of {BACKEND_NAMES} or None, got {name!r}")
 
 
-def _device_type(tensors: tuple[torch.Tensor, ...]) -> str:
+def device_type_of(*tensors: torch.Tensor) -> str:
     devices = {t.device for t in tensors}
     if len(devices) != 1:
         raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
@@ -97,20 +97,27 @@ class OpBackends:
 
     op: str
     fastest_first: dict[str, tuple[str, ...]]
+    coverage: str = ""  # what the fast backends cover when not every call
 
     @property
     def implemented(self) -> tuple[str, ...]:
         names = {name for order in self.fastest_first.values() for name in order}
         return tuple(n for n in BACKEND_NAMES if n in names or n == "reference")
 
-    def resolve(self, requested: str | None, device_type: str) -> str:
-        """The backend that runs this op on tensors of ``device_type``."""
+    def resolve(self, requested: str | None, device_type: str, uncovered: tuple[tuple[str, str], ...] = ()) -> str:
+        """The backend that runs this op on tensors of ``device_type``.
+
+        ``uncovered`` pairs a backend with the reason it cannot run this
+        particular call (an argument outside its kernels' range): the
+        default passes over it, asking for it by name raises that reason.
+        """
         source = "backend"
         if requested is None and os.environ.get("FASTSEG_BACKEND"):
             requested, source = os.environ["FASTSEG_BACKEND"], "FASTSEG_BACKEND"
+        gaps = dict(uncovered)
         if requested is None:
             for name in self.fastest_first.get(device_type, ()):
-                if _backend_on(name, device_type).available:
+                if name not in gaps and _backend_on(name, device_type).available:
                     return name
             return "reference"
         if requested not in BACKEND_NAMES:
@@ -122,14 +129,17 @@ class OpBackends:
         if not status.available:
             raise BackendUnavailable(f"{self.op}: backend {requested!r} (asked for by {source}) "
                                      f"cannot run on {device_type} tensors here: {status.reason}")
+        if requested in gaps:
+            raise BackendUnavailable(f"{self.op}: backend {requested!r} (asked for by {source}) "
+                                     f"does not cover this call: {gaps[requested]}")
         return requested
 
 
 _REGISTRY: dict[str, OpBackends] = {}
 
 
-def register(op: str, fastest_first: dict[str, tuple[str, ...]]) -> OpBackends:
-    entry = OpBackends(op, fastest_first)
+def register(op: str, fastest_first: dict[str, tuple[str, ...]], coverage: str = "") -> OpBackends:
+    entry = OpBackends(op, fastest_first, coverage)
     _REGISTRY[op] = entry
     return entry
 
@@ -142,10 +152,13 @@ def registered_ops() -> dict[str, OpBackends]:
 # the graph: the choice depends on the environment, not on tensor values, and
 # tracing through it (locks, os.environ, extension loading) would break the graph.
 @torch.compiler.assume_constant_result
-def _resolve_by_name(op: str, requested: str | None, device_type: str) -> str:
-    return _REGISTRY[op].resolve(requested, device_type)
+def _resolve_by_name(op: str, requested: str | None, device_type: str,
+                     uncovered: tuple[tuple[str, str], ...]) -> str:
+    return _REGISTRY[op].resolve(requested, device_type, uncovered)
 
 
-def resolve_backend(entry: OpBackends, requested: str | None, *tensors: torch.Tensor) -> str:
-    """The backend that runs ``entry``'s op on ``tensors``."""
-    return _resolve_by_name(entry.op, requested, _device_type(tensors))
+def resolve_backend(entry: OpBackends, requested: str | None, *tensors: torch.Tensor,
+                    uncovered: tuple[tuple[str, str], ...] = ()) -> str:
+    """The backend that runs ``entry``'s op on ``tensors``; ``uncovered`` as
+    in ``OpBackends.resolve``."""
+    return _resolve_by_name(entry.op, requested, device_type_of(*tensors), uncovered)

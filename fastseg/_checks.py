@@ -22,3 +22,14 @@ def check_nonempty_planes(t: torch.Tensor, name: str) -> None:
     batch may be empty, as in PyTorch."""
     if 0 in t.shape[-3:]:
         raise ValueError(f"{name} must have non-zero channels, height and width, got shape {tuple(t.shape)}")
+
+
+def int_pair(value, name: str, minimum: int) -> tuple[int, int]:
+    if isinstance(value, (bool, float)) or not isinstance(value, (int, tuple, list, torch.Size)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return pair

@@ -43,6 +43,7 @@ def backends() -> dict:
         report["ops"][op] = {
             "implemented": list(entry.implemented),
             "default": {device: entry.resolve(None, device) for device in devices},
+            "coverage": entry.coverage,
         }
     return report
 
@@ -66,4 +67,6 @@ def format_report(report: dict) -> str:
     for op, info in report["ops"].items():
         defaults = ", ".join(f"{d}: {b}" for d, b in info["default"].items())
         lines.append(f"{op:<26} {', '.join(info['implemented']):<32} {defaults}")
+        if info["coverage"]:
+            lines.append(f"{'':<26} {info['coverage']}")
     return "\n".join(lines)

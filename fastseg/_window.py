@@ -13,19 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ._checks import int_pair
+
 COMPACT_DTYPE = torch.uint8
 FLAT_DTYPE = torch.int64
-
-
-def _pair(value, name: str, minimum: int) -> tuple[int, int]:
-    if isinstance(value, (bool, float)) or not isinstance(value, (int, tuple, list, torch.Size)):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(pair) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return pair
 
 
 @dataclass(frozen=True)
@@ -39,11 +30,11 @@ class PoolWindow:
     def from_args(cls, kernel_size, stride=None, padding=0, dilation=1) -> "PoolWindow":
         """Normalise nn.MaxPool2d-style arguments; ``stride=None`` (or an
         empty sequence, as F.max_pool2d accepts) means ``kernel_size``."""
-        kernel = _pair(kernel_size, "kernel_size", 1)
+        kernel = int_pair(kernel_size, "kernel_size", 1)
         stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and not stride) \
-            else _pair(stride, "stride", 1)
-        padding = _pair(padding, "padding", 0)
-        dilation = _pair(dilation, "dilation", 1)
+            else int_pair(stride, "stride", 1)
+        padding = int_pair(padding, "padding", 0)
+        dilation = int_pair(dilation, "dilation", 1)
         for axis in range(2):
             if padding[axis] > kernel[axis] // 2:
                 raise ValueError(f"padding must be at most half of kernel_size, got padding={padding} "

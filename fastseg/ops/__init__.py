@@ -2,7 +2,10 @@
 functional form, a pure-PyTorch reference (``fastseg.reference``) and fast
 backends picked per call (see ``fastseg.backends()``)."""
 
+from .conv2d import Conv2d, ConvPath, conv2d, conv2d_path
+from .depthwise_separable_conv2d import DepthwiseSeparableConv2d, depthwise_separable_conv2d
 from .max_pool2d import MaxPool2d, max_pool2d_with_indices
 from .max_unpool2d import MaxUnpool2d, max_unpool2d
 
-__all__ = ["MaxPool2d", "MaxUnpool2d", "max_pool2d_with_indices", "max_unpool2d"]
+__all__ = ["Conv2d", "ConvPath", "DepthwiseSeparableConv2d", "MaxPool2d", "MaxUnpool2d", "conv2d", "conv2d_path",
+           "depthwise_separable_conv2d", "max_pool2d_with_indices", "max_unpool2d"]

@@ -1,7 +1,9 @@
 """Pure-PyTorch references of every fastseg op: the ground truth of the tests
 and the fallback where no faster backend can run. Plain over fast."""
 
+from .conv2d import conv2d
+from .depthwise_separable_conv2d import depthwise_separable_conv2d
 from .max_pool2d import max_pool2d_with_indices
 from .max_unpool2d import max_unpool2d
 
-__all__ = ["max_pool2d_with_indices", "max_unpool2d"]
+__all__ = ["conv2d", "depthwise_separable_conv2d", "max_pool2d_with_indices", "max_unpool2d"]
