@@ -1,5 +1,6 @@
-"""``python -m fastseg demo``: SegNet's pooling round trip on an embedded
-image, through every backend available here, checked against the reference.
+"""``python -m fastseg demo``: SegNet's pooling round trip and a DeepLabV3+
+block (separable convs, ASPP dilated convs) on an embedded image, through
+every backend available here, each checked against the reference.
 
 The image is drawn by code (no data file, no download): a 3x360x480 scene
 of smooth gradients and discs, lifted to VGG16's channel counts by a fixed
@@ -12,8 +13,10 @@ import time
 import torch
 
 from . import _backend
+from .ops import DepthwiseSeparableConv2d, conv2d
 from .ops import max_pool2d as _pool_module
 from .ops import max_pool2d_with_indices, max_unpool2d
+from .ops.conv2d import BACKENDS as CONV_BACKENDS
 from .ops.max_unpool2d import BACKENDS as UNPOOL_BACKENDS
 
 VGG16_STAGE_CHANNELS = (64, 128, 256, 512, 512)
@@ -59,10 +62,18 @@ def _pool_backend(unpool_backend: str | None) -> str | None:
     return unpool_backend if unpool_backend in _pool_module.BACKENDS.implemented else None
 
 
-def run(device: str = "cpu") -> bool:
-    torch.manual_seed(0)
-    generator = torch.Generator().manual_seed(0)
-    features = [f.to(device) for f in _encoder_features(embedded_image(), generator)]
+def _runnable(op_backends, device: str):
+    """The op's backends that run on ``device`` here; a line for each that does not."""
+    for backend in op_backends.implemented:
+        status = _backend._backend_on(backend, device)
+        if status.available:
+            yield backend
+        else:
+            print(f"{backend:<10} skipped: {status.reason}")
+
+
+def _segnet_pooling(image: torch.Tensor, device: str, generator: torch.Generator) -> bool:
+    features = [f.to(device) for f in _encoder_features(image, generator)]
     expected, flat_bytes = _round_trip(features, compact=False, backend="reference", channels_last=False)
     _, compact_bytes = _round_trip(features, compact=True, backend="reference", channels_last=False)
     print(f"SegNet pooling round trip on the embedded 360x480 image, {device}; VGG16 stages {VGG16_STAGE_CHANNELS}")
@@ -70,11 +81,7 @@ def run(device: str = "cpu") -> bool:
           f"({flat_bytes / compact_bytes:.0f}x less)\n")
     print(f"{'backend':<10} {'indices':<8} {'layout':<14} {'matches reference':<18} {'ms, one run':>12}")
     all_match = True
-    for backend in UNPOOL_BACKENDS.implemented:
-        status = _backend._backend_on(backend, device)
-        if not status.available:
-            print(f"{backend:<10} skipped: {status.reason}")
-            continue
+    for backend in _runnable(UNPOOL_BACKENDS, device):
         for compact in (False, True):
             for channels_last in (False, True):
                 start = time.perf_counter()
@@ -87,5 +94,65 @@ def run(device: str = "cpu") -> bool:
                 timing = "interpreter" if backend == "triton" and device == "cpu" else f"{elapsed_ms:.1f}"
                 print(f"{backend:<10} {'uint8' if compact else 'int64':<8} "
                       f"{'channels_last' if channels_last else 'NCHW':<14} {'yes' if match else 'NO':<18} {timing:>12}")
+    return all_match
+
+
+ASPP_RATES = (6, 12, 18)
+
+
+def _deeplab_block(features: torch.Tensor, backend: str, generator: torch.Generator) -> torch.Tensor:
+    """Two Xception-style separable convs (BatchNorm folded, eval mode), then
+    ASPP's dilated 3x3 branches summed, as a DeepLab head reads them."""
+    channels = features.shape[1]
+    x = features
+    for _ in range(2):
+        layer = DepthwiseSeparableConv2d(channels, channels, 3, padding=1, mid_norm=True, out_norm=True,
+                                         out_activation="relu", backend=backend).to(features.device).eval()
+        with torch.no_grad():
+            for name, parameter in layer.named_parameters():
+                noise = torch.randn(parameter.shape, generator=generator) * 0.2
+                parameter.copy_(noise + 1 if name.endswith("norm.weight") else noise)  # BatchNorm scales near 1
+        x = layer(x)
+    branches = []
+    for rate in ASPP_RATES:
+        weight = (torch.randn(channels, channels, 3, 3, generator=generator) / (3 * channels ** 0.5)).to(x.device)
+        branches.append(conv2d(x, weight, padding=rate, dilation=rate, backend=backend))
+    return torch.stack(branches).sum(0)
+
+
+def _deeplab(image: torch.Tensor, device: str) -> bool:
+    # The output-stride-16 feature map of a 360x480 image: 23x30, 64 channels.
+    features = torch.nn.functional.adaptive_avg_pool2d(image.unsqueeze(0), (23, 30))
+    features = torch.einsum("oc,nchw->nohw", torch.randn(64, 3, generator=torch.Generator().manual_seed(1)),
+                            features).to(device)
+    expected = _deeplab_block(features, "reference", torch.Generator().manual_seed(2))
+    # tf32 tensor cores (PyTorch's default for float32 convs on a GPU) round inputs to 10 mantissa bits.
+    tolerance = 1e-2 if device == "cuda" and torch.backends.cudnn.allow_tf32 else 1e-4
+    print(f"\nDeepLabV3+ block on its 23x30x64 feature map, {device}: 2 separable convs, ASPP rates {ASPP_RATES}")
+    print(f"{'backend':<10} {'layout':<14} {'max rel. error':<18} {'ms, one run':>12}")
+    all_match = True
+    for backend in _runnable(CONV_BACKENDS, device):
+        for channels_last in (False, True):
+            x = features.contiguous(memory_format=torch.channels_last) if channels_last else features
+            start = time.perf_counter()
+            with torch.no_grad():
+                out = _deeplab_block(x, backend, torch.Generator().manual_seed(2))
+            if device == "cuda":
+                torch.cuda.synchronize()
+            elapsed_ms = (time.perf_counter() - start) * 1e3
+            error = ((out - expected).abs().max() / expected.abs().max()).item()
+            all_match &= error <= tolerance
+            timing = "interpreter" if backend == "triton" and device == "cpu" else f"{elapsed_ms:.1f}"
+            print(f"{backend:<10} {'channels_last' if channels_last else 'NCHW':<14} "
+                  f"{error:<18.2e} {timing:>12}")
+    return all_match
+
+
+def run(device: str = "cpu") -> bool:
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    image = embedded_image()
+    all_match = _segnet_pooling(image, device, generator)
+    all_match &= _deeplab(image, device)
     print("\nall backends agree with the reference" if all_match else "\nMISMATCH against the reference")
     return all_match

@@ -104,11 +104,10 @@ def _depthwise_kernel(
     tl.store(out, acc.to(dst_ptr.dtype.element_ty), mask=p_live[:, None] & c_live[None, :])
 
 
-def _prune_gathers(configs, named_args, **kwargs):
+def _prune_gathers(configs, named_args, TAPS_BLOCK, **kwargs):
     """Keep the [pixels, taps, channels] gather within registers: at most
     8192 elements per program (a 7x7 kernel pads to 64 taps)."""
-    taps = named_args["TAPS_BLOCK"] if "TAPS_BLOCK" in named_args else kwargs["TAPS_BLOCK"]
-    fitting = [c for c in configs if c.kwargs["BLOCK_P"] * taps * c.kwargs["BLOCK_C"] <= 8192]
+    fitting = [c for c in configs if c.kwargs["BLOCK_P"] * TAPS_BLOCK * c.kwargs["BLOCK_C"] <= 8192]
     return fitting or [min(configs, key=lambda c: c.kwargs["BLOCK_P"] * c.kwargs["BLOCK_C"])]
 
 
