@@ -20,7 +20,7 @@ def activate(x: torch.Tensor, name: str) -> torch.Tensor:
     if name == "relu":
         return torch.relu(x)
     if name == "relu6":
-        return torch.clamp(x, 0.0, 6.0)
+        return torch.nn.functional.relu6(x)  # hardtanh: zero gradient at 0 and 6, as nn.ReLU6 (clamp passes it)
     return x
 
 

@@ -64,14 +64,18 @@ class ConvGeometry:
         return tuple(out)
 
     def live_taps(self, input_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
-        """Half-open ranges ``(r_lo, r_hi), (q_lo, q_hi)`` of the kernel rows
-        and columns that read at least one input pixel for some output pixel.
-        Per axis the taps that do form one run: tap ``r`` reaches input rows
-        ``r*d - p + s*[0, Ho)``, which slide monotonically with ``r``."""
+        """The smallest half-open ranges ``(r_lo, r_hi), (q_lo, q_hi)`` of kernel
+        rows and columns holding every tap that reads at least one input pixel
+        (tap ``r`` reads input rows ``r*d - p + s*o``, o in [0, Ho)). Kernels
+        loop over these ranges only; a dead tap inside them costs masked loads."""
         ranges = []
         for size, out, k, s, p, d in zip(input_hw, self.output_size(input_hw), self.kernel, self.stride,
                                          self.padding, self.dilation):
-            live = [r for r in range(k) if r * d - p <= size - 1 and r * d - p + s * (out - 1) >= 0]
+            live = []
+            for r in range(k):
+                first_o = max(0, -((r * d - p) // s))  # the first output whose read is >= 0
+                if first_o < out and first_o * s + r * d - p < size:
+                    live.append(r)
             ranges.append((live[0], live[-1] + 1) if live else (0, 0))
         return ranges[0], ranges[1]
 

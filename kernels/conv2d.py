@@ -183,7 +183,8 @@ def input_grad(grad_y: torch.Tensor, weight: torch.Tensor, geometry, input_like:
 def reduction_slices(pixels: int, programs_per_slice: int, device: torch.device) -> int:
     """Pixels per slice of a split reduction: enough slices to fill the
     device, each a whole number of _PIXEL_GRAIN pixels."""
-    slices = max(1, min(triton.cdiv(programs_to_fill(device), programs_per_slice), triton.cdiv(pixels, 4 * _PIXEL_GRAIN)))
+    slices = min(triton.cdiv(programs_to_fill(device), programs_per_slice), triton.cdiv(pixels, 4 * _PIXEL_GRAIN))
+    slices = max(1, slices)
     return triton.cdiv(triton.cdiv(pixels, slices), _PIXEL_GRAIN) * _PIXEL_GRAIN
 
 

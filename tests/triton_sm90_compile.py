@@ -52,7 +52,9 @@ def cases(family: str) -> list[Case]:
     dot = {"bf16": tl.bfloat16, "fp16": tl.float16, "fp32": tl.float32}
     # Every launch configuration in bfloat16 (what the H100 floors are
     # measured in); the first in float16 and float32 (tf32).
-    dtype_configs = lambda configs: [("bf16", c) for c in configs] + [(d, configs[0]) for d in ("fp16", "fp32")]  # noqa: E731
+    def dtype_configs(configs):
+        return [("bf16", c) for c in configs] + [(d, configs[0]) for d in ("fp16", "fp32")]
+
     out = []
     if family == "conv2d":
         for transposed in (False, True):

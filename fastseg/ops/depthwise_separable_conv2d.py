@@ -22,7 +22,7 @@ from .._backend import device_type_of
 from .._batch_norm import can_fold, fold_batch_norm
 from .._checks import check_tensor
 from .._layout import empty_like_layout
-from .conv2d import (Conv2d, bias_grad, check_bias, check_conv_args, conv2d_input_grad_op, conv2d_op,
+from .conv2d import (CONV_DTYPES, Conv2d, bias_grad, check_bias, check_conv_args, conv2d_input_grad_op, conv2d_op,
                      conv2d_weight_grad_op, geometry_from_lists, prepare_input, triton_gap)
 
 _reference = importlib.import_module("fastseg.reference.depthwise_separable_conv2d")
@@ -94,12 +94,14 @@ def depthwise_separable_conv2d(input: Tensor, depthwise_weight: Tensor, pointwis
     activations ``None``, ``"relu"`` or ``"relu6"``."""
     mid_activation = activation_name(mid_activation, "mid_activation")
     out_activation = activation_name(out_activation, "out_activation")
-    in_channels = input.shape[-3] if isinstance(input, Tensor) and input.dim() in (3, 4) else 1
+    check_tensor(input, "input", (3, 4), CONV_DTYPES)
+    check_tensor(depthwise_weight, "depthwise_weight", (4,), (input.dtype,))
+    in_channels = input.shape[-3]
+    if tuple(depthwise_weight.shape[:2]) != (in_channels, 1):
+        raise ValueError(f"depthwise_weight must have one filter per input channel: shape ({in_channels}, 1, KH, KW) "
+                         f"for an input of shape {tuple(input.shape)}; got {tuple(depthwise_weight.shape)}")
     check_conv_args(input, depthwise_weight, depthwise_bias, in_channels,
                     weight_name="depthwise_weight", bias_name="depthwise_bias")
-    if depthwise_weight.shape[0] != in_channels:
-        raise ValueError(f"depthwise_weight must have one filter per input channel, shape ({in_channels}, 1, KH, KW); "
-                         f"got shape {tuple(depthwise_weight.shape)}")
     check_tensor(pointwise_weight, "pointwise_weight", (4,), (input.dtype,))
     if tuple(pointwise_weight.shape[1:]) != (in_channels, 1, 1) or pointwise_weight.shape[0] == 0:
         raise ValueError(f"pointwise_weight must have shape (C_out, {in_channels}, 1, 1) with C_out > 0, "
