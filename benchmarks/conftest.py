@@ -8,7 +8,8 @@ Run explicitly (the repository's ``testpaths`` is ``tests``)::
 
 Options: ``--fastseg-device`` (auto: CUDA when a GPU is visible, else CPU),
 ``--fastseg-shapes`` (auto: full on CUDA, quick on CPU), ``--fastseg-budget``
-(seconds of timed calls per benchmark).
+(seconds of timed calls per benchmark), ``--fastseg-compile-mode`` (the
+torch.compile mode of the conv suites' compiled baseline).
 
 How a benchmark is timed (BENCHMARKING.md): the op runs once outside the
 timing, its result is checked against PyTorch's, a few calls warm it up and
@@ -18,13 +19,22 @@ input sets (random, never zeros) so that no set is read again before at
 least twice the last-level cache (L2 on a GPU) went through; a CUDA call
 synchronizes inside the timed function. GB/s from the median and its
 fraction of the copy bandwidth measured once per session go into
-``benchmark.extra_info`` with the device name and versions.
+``benchmark.extra_info`` with the device name and versions; for the convs
+also TFLOP/s, its fraction of a matmul's rate in the same dtype (measured
+once per session and dtype) and the fraction of the tighter of the two
+limits (``pct_of_roofline``).
+
+Modes of a layer (``BenchEnv.timed_mode``): the forward alone (inference),
+forward and backward, or the backward alone, its forward run between the
+rounds (pytest-benchmark's setup, outside the timing) and finished before
+the timed call starts.
 """
 
 import itertools
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -39,9 +49,15 @@ def pytest_addoption(parser):
     group.addoption("--fastseg-device", choices=("auto", "cpu", "cuda"), default="auto",
                     help="device to benchmark on (auto: cuda when a GPU is visible, else cpu)")
     group.addoption("--fastseg-shapes", choices=("auto", "full", "quick"), default="auto",
-                    help="full: every SegNet shape; quick: two batch-1 shapes (auto: full on cuda, quick on cpu)")
+                    help="full: every shape of each suite (SegNet's pools, DeepLabV3+'s convs); quick: a few batch-1 "
+                         "shapes (auto: full on cuda, quick on cpu)")
     group.addoption("--fastseg-budget", type=float, default=None,
                     help="seconds of timed calls per benchmark (default 0.15 on cuda, 0.3 on cpu)")
+    group.addoption("--fastseg-compile-mode", default="max-autotune",
+                    choices=("max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead", "default"),
+                    help="torch.compile mode of the conv suites' compiled PyTorch baseline (default max-autotune; "
+                         "its CUDA graphs copy each call's fresh inputs into their static buffers, "
+                         "max-autotune-no-cudagraphs times the kernels alone)")
 
 
 def pytest_configure(config):
@@ -55,7 +71,34 @@ class InputSets:
     benchmarks so that the baseline and fastseg time the same inputs."""
 
     sets: list
-    baseline: object = None  # PyTorch's result on sets[0], computed once
+    baseline: object = None  # PyTorch's result on sets[0], computed once (a dict by mode in the conv suites)
+
+
+# Agreement with PyTorch in the same dtype, relative to the largest expected
+# magnitude (atol) and elementwise (rtol): a few units in the last place of
+# float16 (2^-10) and bfloat16 (2^-7), which differently ordered float32
+# sums and a fused intermediate kept in float32 stay within; float32 leaves
+# room for TF32, which cuDNN's convs use by default. A broken kernel is off
+# by the size of the values.
+TOLERANCES = {torch.float32: 2e-3, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+
+
+@dataclass(frozen=True)
+class TimedMode:
+    """What one benchmark of a layer times: ``fn(*args)`` for args from
+    ``sets``, each first passed through ``prepare`` (outside the timing)
+    when there is one."""
+
+    fn: Callable
+    sets: list
+    prepare: Callable | None = None
+
+    def args(self, index: int) -> tuple:
+        return self.prepare(*self.sets[index]) if self.prepare else self.sets[index]
+
+    def once(self):
+        """The result on the first set (for checking, outside the timing)."""
+        return self.fn(*self.args(0))
 
 
 @dataclass
@@ -69,10 +112,15 @@ class BenchEnv:
     versions: dict
     min_rounds: int
     max_rounds: int
+    compile_mode: str = "max-autotune"
     _copy_bandwidth: float | None = None  # bytes/s, measured on first use
+    matmul_rates: dict = field(default_factory=dict)  # dtype -> FLOP/s, each measured on first use
     _report: dict | None = None
     _cache_key: object = None
     _cache: InputSets | None = None
+    _compiled_key: object = None
+    _compiled: Callable | None = None
+    _scratch: torch.Tensor | None = None
     results: list = field(default_factory=list)  # what the terminal summary prints
 
     @property
@@ -80,6 +128,12 @@ class BenchEnv:
         if self._copy_bandwidth is None:
             self._copy_bandwidth = roofline.measure_copy_bandwidth(self.device)
         return self._copy_bandwidth
+
+    def matmul_rate(self, dtype: torch.dtype) -> float:
+        """FLOP/s of a large matmul in ``dtype`` here, measured once per session."""
+        if dtype not in self.matmul_rates:
+            self.matmul_rates[dtype] = roofline.measure_matmul_rate(self.device, dtype)
+        return self.matmul_rates[dtype]
 
     @property
     def report(self) -> dict:
@@ -97,6 +151,104 @@ class BenchEnv:
             status = self.report["backends"][name][self.device.type]
             if not status["available"]:
                 pytest.skip(f"{name} backend on {self.device.type}: {status['reason']}")
+
+    def flush_cache(self) -> None:
+        """Write twice the last-level cache's size through it, so that what
+        was read last is no longer there."""
+        if self._scratch is None:
+            self._scratch = torch.empty(2 * self.cache_bytes, dtype=torch.uint8, device=self.device)
+        self._scratch.fill_(1)
+
+    def require_variant(self, variant: roofline.Variant) -> None:
+        """Skip a conv suite's contender that cannot be measured here."""
+        if variant.kind == "compile":
+            self.require_compile()
+        elif variant.kind == "fastseg":
+            self.require((variant.backend,))
+
+    def require_compile(self) -> None:
+        """Skip a torch.compile baseline where it is not measured."""
+        if self.device.type != "cuda":
+            pytest.skip(f"torch.compile(mode={self.compile_mode!r}) is benchmarked on CUDA only: its autotuning "
+                        "chooses among GPU kernels (Triton templates, cuDNN) and CUDA graphs; on the CPU it "
+                        "would spend minutes compiling C++ per shape for a timing that is never recorded")
+        if self.versions["triton"] is None:
+            pytest.skip("torch.compile on CUDA needs Triton (pip install triton)")
+
+    def compiled(self, key, fn: Callable) -> Callable:
+        """``torch.compile(fn)`` in the session's mode, compiled afresh when
+        ``key`` (op, layer, dtype, layout) changes and kept for the modes of
+        one key. Dynamo's caches are reset on a new key: it caches per code
+        object, one shared by the closures of every layer, and past its
+        recompile limit it would run the layer eagerly without a word."""
+        if key != self._compiled_key:
+            self._compiled_key, self._compiled = None, None
+            torch._dynamo.reset()
+            self._compiled = torch.compile(fn, mode=self.compile_mode, fullgraph=True, dynamic=False)
+            self._compiled_key = key
+        return self._compiled
+
+    @staticmethod
+    def timed_mode(mode: str, layer: Callable, sets: list) -> TimedMode:
+        """What a benchmark of ``mode`` times for ``layer(*inputs)`` on sets
+        ``(*inputs, dy)``, the inputs being (x, weight, ...): ``fwd`` the layer
+        under ``no_grad`` (inference); ``fwd+bwd`` the layer and the
+        gradients of every input; ``bwd`` the gradients of x and the weight
+        alone, after a forward made by ``prepare``. Gradients come from
+        ``torch.autograd.grad`` (nothing accumulates into ``.grad``), on
+        aliases of the inputs that require grad: only those whose gradient
+        is timed, since a custom op's backward computes every gradient its
+        inputs require."""
+        if mode == "fwd":
+            def forward(*inputs):
+                with torch.no_grad():
+                    return layer(*inputs)
+            return TimedMode(forward, [s[:-1] for s in sets])
+        wanted = len(sets[0]) - 1 if mode == "fwd+bwd" else 2
+        leaves = [tuple(t.detach().requires_grad_(i < wanted) for i, t in enumerate(s[:-1])) + (s[-1],)
+                  for s in sets]
+        if mode == "fwd+bwd":
+            def step(*args):
+                *inputs, dy = args
+                return torch.autograd.grad(layer(*inputs), inputs, dy)
+            return TimedMode(step, leaves)
+        if mode != "bwd":
+            raise ValueError(f"mode must be fwd, fwd+bwd or bwd, got {mode!r}")
+
+        def forward_graph(*args):
+            *inputs, dy = args
+            return layer(*inputs), tuple(inputs[:wanted]), dy
+
+        def backward(y, inputs, dy):
+            return torch.autograd.grad(y, inputs, dy)
+        return TimedMode(backward, leaves, forward_graph)
+
+    def check_against_eager(self, where: str, data: InputSets, mode: str, eager: Callable,
+                            timed: TimedMode) -> None:
+        """``timed``'s result on the first set agrees with PyTorch eager's
+        (``eager`` in the same mode), which is computed once per mode and
+        kept in ``data.baseline`` for the group's other contenders."""
+        if data.baseline is None:
+            data.baseline = {}
+        if mode not in data.baseline:
+            data.baseline[mode] = self.timed_mode(mode, eager, data.sets[:1]).once()
+        self.check_close(where, timed.once(), data.baseline[mode])
+
+    @staticmethod
+    def check_close(where: str, got, expected) -> None:
+        """``got`` (a tensor or a tuple of them) agrees with PyTorch's
+        ``expected`` within TOLERANCES of the expected dtype."""
+        got = (got,) if isinstance(got, torch.Tensor) else tuple(got)
+        expected = (expected,) if isinstance(expected, torch.Tensor) else tuple(expected)
+        assert len(got) == len(expected), f"{where}: {len(got)} results, PyTorch gives {len(expected)}"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            label = where if len(got) == 1 else f"{where}, result {i}"
+            assert g.shape == e.shape, f"{label}: shape {tuple(g.shape)}, PyTorch's {tuple(e.shape)}"
+            assert g.dtype == e.dtype, f"{label}: dtype {g.dtype}, PyTorch's {e.dtype}"
+            tol = TOLERANCES[e.dtype]
+            scale = max(e.detach().float().abs().max().item(), 1e-30) if e.numel() else 1.0
+            torch.testing.assert_close(g.detach().float(), e.detach().float(), rtol=tol, atol=tol * scale,
+                                       msg=lambda m, label=label: f"{label}: differs from PyTorch: {m}")
 
     def rotation_count(self, bytes_per_call: int, bytes_per_set: int, disabled: bool) -> int:
         """How many input sets to rotate: enough that at least twice the
@@ -122,9 +274,14 @@ class BenchEnv:
             roofline.synchronize(self.device)
         return self._cache
 
-    def measure(self, benchmark, fn, sets, traffic: roofline.Traffic, info: dict):
+    def measure(self, benchmark, fn, sets, traffic: roofline.Traffic, info: dict, *,
+                flops: roofline.Flops | None = None, prepare: Callable | None = None):
         """Time ``fn(*args)`` for args rotating through ``sets``; record the
-        roofline figures in ``benchmark.extra_info``."""
+        roofline figures in ``benchmark.extra_info``. ``prepare(*set)``, when
+        given, makes each call's args outside the timing (the forward of a
+        backward-only benchmark), then the cache is flushed, so that the
+        call reads what ``prepare`` read from memory as a training step's
+        backward does, and the device finishes before the call."""
         device = self.device
 
         def timed(args):
@@ -132,20 +289,32 @@ class BenchEnv:
             roofline.synchronize(device)  # the host clock must see the kernel finish
             return out
 
+        def ready(args):
+            if prepare is None:
+                return args
+            args = prepare(*args)
+            self.flush_cache()
+            roofline.synchronize(device)  # the timed call starts on an idle device
+            return args
+
         benchmark.extra_info.update(info)
         benchmark.extra_info.update({
             "device": self.name, "device_type": device.type, **self.versions,
             "bytes_moved": traffic.total, "index_bytes": traffic.index_bytes,
             "rotation_sets": len(sets), "last_level_cache_bytes": self.cache_bytes,
         })
+        if flops is not None:
+            benchmark.extra_info.update({"flops": flops.total, "nominal_flops": flops.nominal,
+                                         "gemm_flops": flops.gemm})
         if device.type == "cpu":
             benchmark.extra_info["threads"] = torch.get_num_threads()
         if benchmark.disabled:  # a test run: one call, nothing recorded
-            return benchmark.pedantic(timed, args=(sets[0],))
+            return benchmark.pedantic(timed, args=(ready(sets[0]),))
 
         # Warm-up outside the timing, which also estimates the time per call.
         times = []
         for args in itertools.islice(itertools.cycle(sets), 3):
+            args = ready(args)
             start = time.perf_counter()
             timed(args)
             times.append(time.perf_counter() - start)
@@ -153,23 +322,24 @@ class BenchEnv:
         rotation = itertools.cycle(sets)
 
         def next_set():
-            return (next(rotation),), {}
+            return (ready(next(rotation)),), {}
 
         benchmark.pedantic(timed, setup=next_set, rounds=rounds, warmup_rounds=1)
         median = benchmark.stats.stats.median
-        gbps = traffic.total / median / 1e9
-        copy_gbps = self.copy_bandwidth / 1e9
-        benchmark.extra_info.update({
-            "median_s": median, "gbps": round(gbps, 2), "copy_bandwidth_gbps": round(copy_gbps, 2),
-            "pct_of_copy_bandwidth": round(100 * gbps / copy_gbps, 1),
-        })
+        copy = self.copy_bandwidth
+        matmul = None if flops is None else self.matmul_rate(flops.dtype)
+        benchmark.extra_info.update({"median_s": median, "copy_bandwidth_gbps": round(copy / 1e9, 2),
+                                     **roofline.roofline_figures(median, traffic, flops, copy, matmul),
+                                     **roofline.roofline_bound(traffic, flops, copy, matmul)})
+        if matmul is not None:
+            benchmark.extra_info["matmul_tflops"] = round(matmul / 1e12, 3)
         if device.type == "cuda":
             # The GPU's own span per call (CUDA events), beside the host-clock median
             # above that includes launch and synchronization: for batch-1 deep stages
             # (a few microseconds of kernel) the two differ most.
             spans = []
             for _ in range(min(rounds, 100)):
-                args = next(rotation)
+                args = ready(next(rotation))
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
                 fn(*args)
@@ -177,11 +347,9 @@ class BenchEnv:
                 end.synchronize()
                 spans.append(start.elapsed_time(end) / 1e3)
             event_median = statistics.median(spans)
-            event_gbps = traffic.total / event_median / 1e9
-            benchmark.extra_info.update({
-                "cuda_event_median_s": event_median, "cuda_event_gbps": round(event_gbps, 2),
-                "cuda_event_pct_of_copy_bandwidth": round(100 * event_gbps / copy_gbps, 1),
-            })
+            event = roofline.roofline_figures(event_median, traffic, flops, copy, matmul)
+            benchmark.extra_info.update({"cuda_event_median_s": event_median,
+                                         **{f"cuda_event_{k}": v for k, v in event.items()}})
         self.results.append({"group": benchmark.group, "name": benchmark.name,
                              "stats": {"median": median}, "extra_info": dict(benchmark.extra_info)})
 
@@ -197,9 +365,21 @@ def bench_env(request) -> BenchEnv:
         device=device, budget_s=budget, name=roofline.device_name(device),
         cache_bytes=roofline.last_level_cache_bytes(device), versions=roofline.versions(),
         min_rounds=20 if device.type == "cuda" else 5, max_rounds=2000 if device.type == "cuda" else 200,
+        compile_mode=config.getoption("fastseg_compile_mode"),
     )
     config.stash[_ENV_KEY] = env
     return env
+
+
+@pytest.fixture(scope="module")
+def cudnn_benchmark():
+    """``torch.backends.cudnn.benchmark = True`` for a module (the conv
+    suites): cuDNN times its algorithms on each new shape (during the
+    untimed first calls) and keeps the fastest, as a tuned PyTorch run does."""
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    yield
+    torch.backends.cudnn.benchmark = previous
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -212,7 +392,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "device_type": device.type,
         **(env.versions if env else roofline.versions()),
         "copy_bandwidth_gbps": round(env._copy_bandwidth / 1e9, 2) if env and env._copy_bandwidth else None,
+        "matmul_tflops": ({str(dtype).removeprefix("torch."): round(rate / 1e12, 3)
+                           for dtype, rate in env.matmul_rates.items()} if env else {}),
         "last_level_cache_bytes": env.cache_bytes if env else None,
+        "compile_mode": env.compile_mode if env else config.getoption("fastseg_compile_mode"),
     }
 
 
@@ -221,7 +404,9 @@ def pytest_terminal_summary(terminalreporter, config):
     if env is None or not env.results:
         return
     terminalreporter.section("fastseg: bandwidth and speed-up against PyTorch (same run)")
+    matmul = "".join(f"; {str(dtype).removeprefix('torch.')} matmul {rate / 1e12:.2f} TFLOP/s"
+                     for dtype, rate in env.matmul_rates.items())
     terminalreporter.write_line(f"device: {env.name}; copy bandwidth "
-                                f"{env.copy_bandwidth / 1e9:.1f} GB/s; {env.versions}")
+                                f"{env.copy_bandwidth / 1e9:.1f} GB/s{matmul}; {env.versions}")
     for line in roofline.summary_lines(env.results):
         terminalreporter.write_line(line)
