@@ -1,4 +1,4 @@
-"""Every convolution kernel, in every launch configuration autotuning may
+"""Every Triton kernel, in every launch configuration autotuning may
 pick, compiles for an H100 (sm_90) with Triton's own compiler and ptxas,
 fits an SM's shared memory, and runs its GEMMs on the tensor cores.
 
@@ -23,7 +23,7 @@ SCRIPT = Path(__file__).with_name("triton_sm90_compile.py")
 GEMM_FAMILIES = {"conv2d", "depthwise_separable_conv2d"}
 
 
-@pytest.mark.parametrize("family", ["conv2d", "depthwise_conv2d", "depthwise_separable_conv2d"])
+@pytest.mark.parametrize("family", ["max_pool2d", "conv2d", "depthwise_conv2d", "depthwise_separable_conv2d"])
 def test_compiles_for_sm90(family):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"  # Triton 3.9's default, stated to silence its warning

@@ -1,4 +1,4 @@
-"""Compile fastseg's convolution kernels for an H100 (sm_90) without a GPU.
+"""Compile fastseg's Triton kernels for an H100 (sm_90) without a GPU.
 
 Triton's compiler and the ptxas it ships run on any machine: this lowers
 every kernel, in every launch configuration autotuning may pick, to a cubin
@@ -17,7 +17,7 @@ import json
 import multiprocessing
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 SM90 = ("cuda", 90, 32)
 POINTER_TYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
@@ -32,6 +32,7 @@ class Case:
     config: dict
     num_warps: int
     num_stages: int
+    pointers: dict = field(default_factory=dict)  # pointer arguments not of the data dtype
 
     @property
     def name(self) -> str:
@@ -82,8 +83,41 @@ def cases(family: str) -> list[Case]:
                             {"MID_ACTIVATION": 2, "OUT_ACTIVATION": 1, "HAS_DEPTHWISE_BIAS": True,
                              "HAS_POINTWISE_BIAS": True, "DOT_DTYPE": dot[dtype], "INPUT_PRECISION": "tf32"},
                             config, w, s))
+    elif family == "max_pool2d":
+        out.extend(_pooling_cases(family))
     else:
         raise SystemExit(f"unknown family {family!r}")
+    return out
+
+
+def _pooling_cases(family: str) -> list[Case]:
+    """Max-pool and max-unpool kernels (not autotuned: one block size), in
+    each index format and layout; 16-bit data compares and sums in float32."""
+    import triton.language as tl
+
+    from fastseg.kernels.layout import BLOCK
+
+    module = "fastseg.kernels"
+    out = []
+    for dtype in ("bf16", "fp32"):
+        for compact in (False, True):
+            index = {"idx_ptr": "*u8" if compact else "*i64"}
+            for channels_last in (False, True):
+                layout = {"CHANNELS_LAST": channels_last, "BLOCK": BLOCK}
+                out.append(Case(family, f"{module}.max_pool2d:_max_pool2d_kernel", dtype,
+                                {"KH": 2, "KW": 2, "COMPACT": compact, "COMPARE": tl.float32, **layout},
+                                {}, 4, 3, index))
+                for sum_, check, one_window in ((True, False, False), (True, False, True), (False, True, True),
+                                                (False, True, False)):
+                    out.append(Case(family, f"{module}.pool_window:_window_gather_kernel", dtype,
+                                    {"KH": 3, "KW": 3, "COMPACT": compact, "SUM": sum_, "CHECK": check and compact,
+                                     "ONE_WINDOW": one_window, "ACC": tl.float32, **layout},
+                                    {}, 4, 3, {**index, "invalid_ptr": "*i32"}))
+                out.append(Case(family, f"{module}.max_unpool2d:_unpool_backward_kernel", dtype,
+                                {"KH": 2, "KW": 2, "COMPACT": compact, **layout}, {}, 4, 3, index))
+                if not compact:  # the scatter takes flat indices only
+                    out.append(Case(family, f"{module}.max_unpool2d:_unpool_scatter_kernel", dtype, layout, {}, 4, 3,
+                                    {**index, "invalid_ptr": "*i32"}))
     return out
 
 
@@ -95,12 +129,15 @@ def compile_case(case: Case) -> dict:
     from triton.compiler import ASTSource
 
     module_name, attribute = case.kernel.split(":")
-    jit_fn = getattr(importlib.import_module(module_name), attribute).fn  # under the autotuner
+    kernel = getattr(importlib.import_module(module_name), attribute)
+    jit_fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
     constexprs = {**case.constexprs, **case.config}
     signature = {}
     for name in jit_fn.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
+        elif name in case.pointers:
+            signature[name] = case.pointers[name]
         elif name == "partial_ptr":
             signature[name] = "*fp32"  # split reductions accumulate in float32
         elif name.endswith("_ptr"):
