@@ -25,6 +25,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 
@@ -367,6 +368,48 @@ class Variant:
     @property
     def implementation(self) -> str:
         return {"torch": "torch", "compile": "torch.compile", "fastseg": "fastseg"}[self.kind]
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    """One benchmark of a conv suite: a contender (``variant``) on ``layer``
+    in ``mode``, ``dtype`` and ``layout``. ``OP`` names the op; a suite
+    adds its layer's fields to ``info`` with ``layer_info``."""
+
+    OP: ClassVar[str]
+    layer: object
+    mode: str
+    dtype: torch.dtype
+    layout: str
+    variant: Variant
+
+    @property
+    def group(self) -> str:
+        return f"{self.OP} {self.mode} {self.layer.id}"
+
+    @property
+    def config(self) -> str:
+        return f"{DTYPE_IDS[self.dtype]}-{self.layout}"
+
+    @property
+    def id(self) -> str:
+        return f"{self.variant.id}-{self.mode}-{self.layer.id}-{self.config}"
+
+    def layer_info(self) -> dict:
+        raise NotImplementedError
+
+    def info(self, compile_mode: str) -> dict:
+        variant = self.variant
+        backend = {"torch": "torch", "compile": f"torch.compile({compile_mode})"}.get(variant.kind, variant.backend)
+        return {
+            "op": self.OP, "mode": self.mode, "implementation": variant.implementation,
+            "variant": f"{variant.id}-{self.config}", "backend": backend,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "layout": "channels_last" if self.layout == "nhwc" else "contiguous",
+            **self.layer_info(),
+            "batch": self.layer.n, "layer": self.layer.where, "conv": self.layer.describe,
+            **({"compile_mode": compile_mode} if variant.kind == "compile" else {}),
+        }
 
 
 def conv_variants(op_backends, device_type: str, config) -> list[Variant]:

@@ -38,7 +38,6 @@ the ``torch`` cases selected::
 
 import importlib
 import math
-from dataclasses import dataclass
 
 import pytest
 import roofline
@@ -54,40 +53,15 @@ DEPTHWISE_MODES = ("fwd", "fwd+bwd", "bwd")
 pytestmark = pytest.mark.usefixtures("cudnn_benchmark")
 
 
-@dataclass(frozen=True)
-class Case:
-    layer: roofline.ConvLayer
-    mode: str
-    dtype: torch.dtype
-    layout: str
-    variant: roofline.Variant
+class Case(roofline.ConvCase):
+    OP = "conv2d"
 
-    @property
-    def group(self) -> str:
-        return f"conv2d {self.mode} {self.layer.id}"
-
-    @property
-    def config(self) -> str:
-        return f"{roofline.DTYPE_IDS[self.dtype]}-{self.layout}"
-
-    @property
-    def id(self) -> str:
-        return f"{self.variant.id}-{self.mode}-{self.layer.id}-{self.config}"
-
-    def info(self, compile_mode: str) -> dict:
-        layer, variant = self.layer, self.variant
-        backend = {"torch": "torch", "compile": f"torch.compile({compile_mode})"}.get(variant.kind, variant.backend)
-        return {
-            "op": "conv2d", "mode": self.mode, "implementation": variant.implementation,
-            "variant": f"{variant.id}-{self.config}", "backend": backend,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "layout": "channels_last" if self.layout == "nhwc" else "contiguous",
-            "shape": list(layer.x_shape), "weight_shape": list(layer.weight_shape), "out_shape": list(layer.y_shape),
-            "kernel": layer.kernel, "stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation,
-            "groups": layer.groups, "depthwise": layer.depthwise, "batch": layer.n,
-            "layer": layer.where, "conv": layer.describe,
-            **({"compile_mode": compile_mode} if variant.kind == "compile" else {}),
-        }
+    def layer_info(self) -> dict:
+        layer = self.layer
+        return {"shape": list(layer.x_shape), "weight_shape": list(layer.weight_shape),
+                "out_shape": list(layer.y_shape), "kernel": layer.kernel, "stride": layer.stride,
+                "padding": layer.padding, "dilation": layer.dilation, "groups": layer.groups,
+                "depthwise": layer.depthwise}
 
 
 def pytest_generate_tests(metafunc):

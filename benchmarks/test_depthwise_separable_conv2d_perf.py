@@ -32,7 +32,6 @@ the timing. Nothing asserts on speed.
 
 import importlib
 import math
-from dataclasses import dataclass
 
 import pytest
 import roofline
@@ -47,42 +46,17 @@ ACTIVATIONS = {None: lambda t: t, "relu": F.relu, "relu6": F.relu6}  # nn.ReLU, 
 pytestmark = pytest.mark.usefixtures("cudnn_benchmark")
 
 
-@dataclass(frozen=True)
-class Case:
-    layer: roofline.SeparableLayer
-    mode: str
-    dtype: torch.dtype
-    layout: str
-    variant: roofline.Variant
+class Case(roofline.ConvCase):
+    OP = "depthwise_separable_conv2d"
 
-    @property
-    def group(self) -> str:
-        return f"depthwise_separable_conv2d {self.mode} {self.layer.id}"
-
-    @property
-    def config(self) -> str:
-        return f"{roofline.DTYPE_IDS[self.dtype]}-{self.layout}"
-
-    @property
-    def id(self) -> str:
-        return f"{self.variant.id}-{self.mode}-{self.layer.id}-{self.config}"
-
-    def info(self, compile_mode: str) -> dict:
-        layer, variant = self.layer, self.variant
+    def layer_info(self) -> dict:
+        layer = self.layer
         depthwise, pointwise = layer.depthwise, layer.pointwise
-        backend = {"torch": "torch", "compile": f"torch.compile({compile_mode})"}.get(variant.kind, variant.backend)
-        return {
-            "op": "depthwise_separable_conv2d", "mode": self.mode, "implementation": variant.implementation,
-            "variant": f"{variant.id}-{self.config}", "backend": backend,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "layout": "channels_last" if self.layout == "nhwc" else "contiguous",
-            "shape": list(depthwise.x_shape), "depthwise_weight_shape": list(depthwise.weight_shape),
-            "pointwise_weight_shape": list(pointwise.weight_shape), "out_shape": list(pointwise.y_shape),
-            "kernel": layer.kernel, "stride": layer.stride, "padding": depthwise.padding, "dilation": layer.dilation,
-            "mid_activation": layer.mid_activation, "out_activation": layer.out_activation, "batch": layer.n,
-            "layer": layer.where, "conv": layer.describe,
-            **({"compile_mode": compile_mode} if variant.kind == "compile" else {}),
-        }
+        return {"shape": list(depthwise.x_shape), "depthwise_weight_shape": list(depthwise.weight_shape),
+                "pointwise_weight_shape": list(pointwise.weight_shape), "out_shape": list(pointwise.y_shape),
+                "kernel": layer.kernel, "stride": layer.stride, "padding": depthwise.padding,
+                "dilation": layer.dilation, "mid_activation": layer.mid_activation,
+                "out_activation": layer.out_activation}
 
 
 def pytest_generate_tests(metafunc):
