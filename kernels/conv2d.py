@@ -21,17 +21,13 @@ import triton.language as tl
 
 from .._layout import empty_like_layout
 from .conv_taps import any_true, source_coord, unravel_pixels
-from .tuning import autotune_configs, dot_dtype, input_precision, programs_to_fill
+from .tuning import GEMM_INTERPRETER, autotune_configs, dot_dtype, gemm_configs, input_precision, reduction_slices
 
-_GEMM_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-    for bm, bn, bk, w, s in [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),
-                             (128, 128, 64, 8, 3), (64, 64, 64, 4, 3), (128, 32, 32, 4, 4), (64, 32, 64, 4, 4)]
-]
-_GEMM_INTERPRETER = triton.Config({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16})
+_GEMM_CONFIGS = gemm_configs([(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),
+                              (128, 128, 64, 8, 3), (64, 64, 64, 4, 3), (128, 32, 32, 4, 4), (64, 32, 64, 4, 4)])
 
 
-@triton.autotune(configs=autotune_configs(_GEMM_CONFIGS, _GEMM_INTERPRETER),
+@triton.autotune(configs=autotune_configs(_GEMM_CONFIGS, GEMM_INTERPRETER),
                  key=["M_TOTAL", "K_CH", "N_CH", "H_DST", "TRANSPOSED"], cache_results=True)
 @triton.jit
 def _implicit_gemm_kernel(
@@ -89,9 +85,6 @@ _WGRAD_CONFIGS = [
                                (32, 32, 128, 4, 4), (64, 64, 128, 8, 3)]
 ]
 _WGRAD_INTERPRETER = triton.Config({"BLOCK_CO": 16, "BLOCK_CI": 16, "BLOCK_P": 32})
-# Pixels per reduction slice are a multiple of every BLOCK_P above, so the
-# slicing (and the partial buffer) does not depend on the config autotuning picks.
-_PIXEL_GRAIN = 128
 
 
 @triton.autotune(configs=autotune_configs(_WGRAD_CONFIGS, _WGRAD_INTERPRETER),
@@ -178,14 +171,6 @@ def input_grad(grad_y: torch.Tensor, weight: torch.Tensor, geometry, input_like:
     _launch_gemm(grad_y, w_taps, None, grad_x, geometry, geometry.live_taps(tuple(input_like.shape[-2:])),
                  transposed=True)
     return grad_x
-
-
-def reduction_slices(pixels: int, programs_per_slice: int, device: torch.device) -> int:
-    """Pixels per slice of a split reduction: enough slices to fill the
-    device, each a whole number of _PIXEL_GRAIN pixels."""
-    slices = min(triton.cdiv(programs_to_fill(device), programs_per_slice), triton.cdiv(pixels, 4 * _PIXEL_GRAIN))
-    slices = max(1, slices)
-    return triton.cdiv(triton.cdiv(pixels, slices), _PIXEL_GRAIN) * _PIXEL_GRAIN
 
 
 def weight_grad(grad_y: torch.Tensor, x: torch.Tensor, geometry, weight_shape) -> torch.Tensor:

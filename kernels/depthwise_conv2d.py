@@ -20,9 +20,8 @@ import triton
 import triton.language as tl
 
 from .._layout import empty_like_layout
-from .conv2d import reduction_slices
 from .conv_taps import any_true, source_coord, unravel_pixels
-from .tuning import autotune_configs
+from .tuning import autotune_configs, reduction_slices
 
 _TILE_CONFIGS = [
     triton.Config({"BLOCK_P": bp, "BLOCK_C": bc}, num_warps=w)

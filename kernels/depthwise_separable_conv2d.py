@@ -21,17 +21,13 @@ from .._layout import empty_like_layout
 from .activation import activate
 from .conv_taps import unravel_pixels
 from .depthwise_conv2d import depthwise_tile
-from .tuning import autotune_configs, dot_dtype, input_precision
+from .tuning import GEMM_INTERPRETER, autotune_configs, dot_dtype, gemm_configs, input_precision
 
-_CONFIGS = [
-    triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-    for bm, bn, bk, w, s in [(128, 128, 32, 8, 2), (64, 128, 32, 4, 2), (128, 64, 32, 4, 2), (64, 64, 32, 4, 2),
-                             (128, 256, 32, 8, 2), (64, 256, 32, 8, 2), (128, 128, 64, 8, 2), (64, 32, 32, 4, 2)]
-]
-_INTERPRETER = triton.Config({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16})
+_CONFIGS = gemm_configs([(128, 128, 32, 8, 2), (64, 128, 32, 4, 2), (128, 64, 32, 4, 2), (64, 64, 32, 4, 2),
+                         (128, 256, 32, 8, 2), (64, 256, 32, 8, 2), (128, 128, 64, 8, 2), (64, 32, 32, 4, 2)])
 
 
-@triton.autotune(configs=autotune_configs(_CONFIGS, _INTERPRETER),
+@triton.autotune(configs=autotune_configs(_CONFIGS, GEMM_INTERPRETER),
                  key=["M_TOTAL", "C_IN", "C_OUT", "KH", "KW"], cache_results=True)
 @triton.jit
 def _separable_kernel(

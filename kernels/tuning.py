@@ -7,19 +7,29 @@ Triton's interpreter timings mean nothing and every config computes the
 same result, so one small config stands in for them.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from .._backend import triton_interpreting as interpreting
 
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+# The smallest tile tl.dot takes (16 along each dimension), for the interpreter.
+GEMM_INTERPRETER = triton.Config({"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 16})
+# Pixels per slice of a split reduction are a whole number of these: a
+# multiple of every BLOCK_P of the weight-gradient configs, so the slicing
+# (and the partial buffer) does not depend on the config autotuning picks.
+PIXEL_GRAIN = 128
 
 
 def autotune_configs(gpu_configs: list[triton.Config], interpreter_config: triton.Config) -> list[triton.Config]:
     return [interpreter_config] if interpreting() else gpu_configs
+
+
+def gemm_configs(tiles) -> list[triton.Config]:
+    """Configs of an [BLOCK_M, BLOCK_N] output tile reduced BLOCK_K at a
+    time, from (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) tuples."""
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s in tiles]
 
 
 def dot_dtype(dtype: torch.dtype):
@@ -44,3 +54,11 @@ def programs_to_fill(device: torch.device) -> int:
     if device.type == "cuda":
         return 2 * torch.cuda.get_device_properties(device).multi_processor_count
     return 4
+
+
+def reduction_slices(pixels: int, programs_per_slice: int, device: torch.device) -> int:
+    """Pixels per slice of a split reduction: enough slices to fill the
+    device, each a whole number of PIXEL_GRAIN pixels."""
+    slices = min(triton.cdiv(programs_to_fill(device), programs_per_slice), triton.cdiv(pixels, 4 * PIXEL_GRAIN))
+    slices = max(1, slices)
+    return triton.cdiv(triton.cdiv(pixels, slices), PIXEL_GRAIN) * PIXEL_GRAIN

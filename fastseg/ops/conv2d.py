@@ -127,7 +127,8 @@ class ConvPath:
     reason: str
 
 
-def _uncovered(dtype, weight, groups) -> tuple[tuple[str, str], ...]:
+def triton_uncovered(dtype, weight, groups) -> tuple[tuple[str, str], ...]:
+    """``triton_gap`` in the form ``resolve_backend(uncovered=...)`` takes."""
     gap = triton_gap(dtype, weight, groups)
     return () if gap is None else (("triton", gap),)
 
@@ -175,7 +176,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
     check_conv_args(input, weight, bias, groups)
     x, geometry = prepare_input(input, weight, stride, padding, dilation, groups)
     name = _backend.resolve_backend(BACKENDS, backend, x, weight,
-                                    uncovered=_uncovered(x.dtype, weight, groups))
+                                    uncovered=triton_uncovered(x.dtype, weight, groups))
     if name == "reference":
         y = F.conv2d(x, weight, bias, geometry.stride, geometry.padding, geometry.dilation, groups)
     else:
@@ -188,7 +189,7 @@ def conv2d_path(input: Tensor, weight: Tensor, groups: int = 1, *, backend: str 
     backend=backend)`` runs, and why (raises as that call would when the
     requested backend cannot run)."""
     name = _backend.resolve_backend(BACKENDS, backend, input, weight,
-                                    uncovered=_uncovered(input.dtype, weight, groups))
+                                    uncovered=triton_uncovered(input.dtype, weight, groups))
     if name == "triton":
         kind = "implicit GEMM" if groups == 1 else "depthwise"
         return ConvPath(name, f"Triton {kind} kernel")

@@ -23,7 +23,7 @@ from .._batch_norm import can_fold, fold_batch_norm
 from .._checks import check_tensor
 from .._layout import empty_like_layout
 from .conv2d import (CONV_DTYPES, Conv2d, bias_grad, check_bias, check_conv_args, conv2d_input_grad_op, conv2d_op,
-                     conv2d_weight_grad_op, geometry_from_lists, prepare_input, triton_gap)
+                     conv2d_weight_grad_op, geometry_from_lists, prepare_input, triton_uncovered)
 
 _reference = importlib.import_module("fastseg.reference.depthwise_separable_conv2d")
 
@@ -109,9 +109,8 @@ def depthwise_separable_conv2d(input: Tensor, depthwise_weight: Tensor, pointwis
     check_bias(pointwise_bias, "pointwise_bias", pointwise_weight.shape[0], input.dtype)
     device_type_of(input, pointwise_weight, *([] if pointwise_bias is None else [pointwise_bias]))
     x, geometry = prepare_input(input, depthwise_weight, stride, padding, dilation, in_channels)
-    gap = triton_gap(x.dtype, depthwise_weight, in_channels)
     name = _backend.resolve_backend(BACKENDS, backend, x, depthwise_weight, pointwise_weight,
-                                    uncovered=() if gap is None else (("triton", gap),))
+                                    uncovered=triton_uncovered(x.dtype, depthwise_weight, in_channels))
     if name == "reference":
         y = _reference.depthwise_separable_conv2d(
             x, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias, geometry.stride,
