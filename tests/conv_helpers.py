@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pool_helpers import LAYOUTS, assert_layout, dtype_id, on_devices, relayout  # noqa: F401 (re-exported)
+from pool_helpers import LAYOUTS, _pair, assert_layout, dtype_id, on_devices, relayout  # noqa: F401 (re-exported)
 
 CONV_BACKENDS = {"cpu": ("triton", "reference"), "cuda": ("triton", "reference")}
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -68,10 +68,6 @@ def assert_close_to_truth(actual: torch.Tensor, truth: torch.Tensor, baseline: t
 
 
 # --- cases -------------------------------------------------------------------------
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)
-
 
 def _fmt(v) -> str:
     return "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
@@ -229,3 +225,17 @@ class FastsegOps(TorchDispatchMode):
         if func.namespace == "fastseg":
             self.names.append(func.name())
         return func(*args, **(kwargs or {}))
+
+
+def assert_compiled_matches_eager(fn, params, *, grad_atol: float) -> None:
+    """``fn`` under ``torch.compile(fullgraph=True)`` (a graph break fails it)
+    gives eager's output exactly, and the gradients of ``params`` (through
+    ``out.square().sum()``) within rtol 1e-6 and ``grad_atol``."""
+    compiled = torch.compile(fn, fullgraph=True)
+    out = compiled(*params)
+    grads = torch.autograd.grad(out.square().sum(), params)
+    expected = fn(*params)
+    expected_grads = torch.autograd.grad(expected.square().sum(), params)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=grad_atol)

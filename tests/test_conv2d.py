@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastseg
-from conv_helpers import (CONV_BACKENDS, LAYOUTS, ConvCase, ambiguous_layout, assert_close_to_truth, assert_layout,
-                          FastsegOps, check_against_truth, dtype_id, float64_copies, make_conv, make_input,
-                          on_devices, random_tensor, randomize, relayout)
+from conv_helpers import (CONV_BACKENDS, LAYOUTS, ConvCase, FastsegOps, ambiguous_layout, assert_close_to_truth,
+                          assert_compiled_matches_eager, assert_layout, check_against_truth, dtype_id, float64_copies,
+                          make_conv, make_input, on_devices, random_tensor, randomize, relayout)
 from fastseg import BackendUnavailable
 from fastseg._conv_geometry import ConvGeometry
 from fastseg.ops import Conv2d, ConvPath, conv2d, conv2d_path
@@ -553,14 +553,7 @@ def test_compile_fullgraph_matches_eager(case, gen, fresh_dynamo):
         mid = torch.relu(conv2d(x_, w_, b_, **case.conv_args, backend="triton"))
         return conv2d(mid, w2_, backend="triton")
 
-    compiled = torch.compile(net, fullgraph=True)
-    out = compiled(*params)
-    grads = torch.autograd.grad(out.square().sum(), params)
-    expected = net(*params)
-    expected_grads = torch.autograd.grad(expected.square().sum(), params)
-    torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    for g, e in zip(grads, expected_grads):
-        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    assert_compiled_matches_eager(net, params, grad_atol=1e-6)
 
 
 def test_export(gen):

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastseg
-from conv_helpers import (CONV_BACKENDS, LAYOUTS, ConvCase, FastsegOps, assert_close_to_truth, assert_layout,
-                          check_against_truth, dtype_id, float64_copies, make_input, on_devices, random_tensor,
-                          randomize, relayout)
+from conv_helpers import (CONV_BACKENDS, LAYOUTS, ConvCase, FastsegOps, assert_close_to_truth,
+                          assert_compiled_matches_eager, assert_layout, check_against_truth, dtype_id, float64_copies,
+                          make_input, on_devices, random_tensor, randomize, relayout)
 from fastseg import BackendUnavailable
 from fastseg.ops import DepthwiseSeparableConv2d, depthwise_separable_conv2d
 
@@ -509,14 +509,7 @@ def test_compile_fullgraph_matches_eager(gen, fresh_dynamo):
         return depthwise_separable_conv2d(*t, **S2.window_args, mid_activation="relu", out_activation="relu6",
                                           backend="triton")
 
-    compiled = torch.compile(layer, fullgraph=True)
-    out = compiled(*params)
-    grads = torch.autograd.grad(out.square().sum(), params)
-    expected = layer(*params)
-    expected_grads = torch.autograd.grad(expected.square().sum(), params)
-    torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    for g, e in zip(grads, expected_grads):
-        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-5)
+    assert_compiled_matches_eager(layer, params, grad_atol=1e-5)
 
 
 def test_compile_eval_module_with_folded_norms(gen, fresh_dynamo):
