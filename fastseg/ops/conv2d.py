@@ -211,11 +211,10 @@ class Conv2d(nn.Conv2d):
         self.backend = backend
 
     def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        padding = self.padding
         if self.padding_mode != "zeros":
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups, backend=self.backend)
-        return conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
-                      backend=self.backend)
+            input, padding = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode), 0
+        return conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups, backend=self.backend)
 
     def path(self, input: Tensor) -> ConvPath:
         """Which implementation this layer runs for ``input``, and why."""
