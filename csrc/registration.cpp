@@ -31,6 +31,14 @@ TORCH_LIBRARY(fastseg_C, m) {
   m.def(
       "max_unpool2d_backward(Tensor grad_output, Tensor indices, int[2] kernel_size, int[2] stride, "
       "int[2] padding, int[2] dilation) -> Tensor");
+  // The lattice of a batch of feature maps [B, N, d]; its format is
+  // documented in fastseg/ops/permutohedral_filter.py.
+  m.def(
+      "permutohedral_lattice(Tensor features) -> (Tensor vertex_of, Tensor barycentric, Tensor neighbors, "
+      "Tensor splat_order, Tensor vertex_start)");
+  m.def(
+      "permutohedral_apply(Tensor values, Tensor vertex_of, Tensor barycentric, Tensor neighbors, "
+      "Tensor splat_order, Tensor vertex_start, bool reverse) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

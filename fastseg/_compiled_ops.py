@@ -7,6 +7,7 @@ import torch
 
 from ._extension import extension
 from ._window import PoolWindow
+from .reference.permutohedral_filter import LatticeTensors
 
 
 def _ops():
@@ -21,3 +22,11 @@ def unpool_forward(x: torch.Tensor, indices: torch.Tensor, window: PoolWindow,
 
 def unpool_backward(grad_output: torch.Tensor, indices: torch.Tensor, window: PoolWindow) -> torch.Tensor:
     return _ops().max_unpool2d_backward(grad_output, indices, *window.as_lists())
+
+
+def build_lattice(features: torch.Tensor) -> LatticeTensors:
+    return LatticeTensors(*_ops().permutohedral_lattice(features))
+
+
+def apply_lattice(values: torch.Tensor, lattice: LatticeTensors, reverse: bool = False) -> torch.Tensor:
+    return _ops().permutohedral_apply(values, *lattice, reverse)

@@ -1,0 +1,140 @@
+"""Reference mean-field inference of the fully connected CRF.
+
+Krähenbühl & Koltun, "Efficient Inference in Fully Connected CRFs with
+Gaussian Edge Potentials", NIPS 2011, algorithm 1, with the symmetric
+normalisation of Krähenbühl's released code (the one pydensecrf wraps):
+
+    Q_0 = softmax(-U)
+    repeat: Q <- softmax(-U - sum_k mu_k (n_k * K_k (n_k * Q)))
+
+over labels per pixel, where K_k is the Gaussian filter of kernel k
+(``fastseg.reference.permutohedral_filter``), n_k = (K_k 1)^(-1/2) its
+symmetric normalisation and mu_k its label compatibility: a Potts weight w
+(mu = w (1 - I), which softmax sees as -w I) or a symmetrised L x L matrix.
+
+Every tensor between iterations is laid out [B, N, L]: pixels flattened,
+labels last, the layout the lattice filters in.
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .permutohedral_filter import apply_lattice, build_lattice
+
+# pydensecrf's unary_from_softmax clips probabilities here before the log.
+PROBABILITY_CLIP = 1e-5
+
+# A filter of [B, N, L] values with one kernel's features.
+Filter = Callable[[torch.Tensor], torch.Tensor]
+
+
+def unary_energy(scores: torch.Tensor, probabilities: bool) -> torch.Tensor:
+    """-log p per label: scores [B, L, N] are logits, or probabilities when
+    ``probabilities`` (clipped to PROBABILITY_CLIP as pydensecrf does)."""
+    if probabilities:
+        return -torch.log(scores.clamp(min=PROBABILITY_CLIP))
+    return -torch.log_softmax(scores, dim=1)
+
+
+def position_features(spatial_shape: Sequence[int], scale: Sequence[float], dtype, device) -> torch.Tensor:
+    """[d, *spatial]: the index along each spatial axis times ``scale``
+    (that axis's spacing over its standard deviation)."""
+    axes = [torch.arange(n, dtype=dtype, device=device) * s for n, s in zip(spatial_shape, scale)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
+
+
+def symmetric_compat(compat, dtype, device):
+    """A Potts weight as it is, the symmetric part of an [L, L] matrix (as
+    Krähenbühl's code takes it)."""
+    if isinstance(compat, torch.Tensor):
+        compat = compat.to(dtype=dtype, device=device)
+        return 0.5 * (compat + compat.T)
+    return float(compat)
+
+
+def normalization(filter_values: Filter, like: torch.Tensor) -> torch.Tensor:
+    """n = (K 1)^(-1/2) [B, N, 1], for pixels laid out as ``like`` [B, N, *]."""
+    return torch.rsqrt(filter_values(torch.ones_like(like[..., :1])) + 1e-20)
+
+
+def normalized_filter(filter_values: Filter, like: torch.Tensor) -> Filter:
+    """n * K(n * Q), n computed once."""
+    norm = normalization(filter_values, like)
+    return lambda q: norm * filter_values(norm * q)
+
+
+def mean_field(unary: torch.Tensor, kernels: Sequence[tuple[Filter, torch.Tensor | float]],
+               iterations: int) -> torch.Tensor:
+    """unary [B, N, L]; kernels: (normalised filter, compatibility) pairs,
+    the compatibility a Potts weight or a symmetric [L, L] matrix -> Q [B, N, L]."""
+    q = torch.softmax(-unary, dim=-1)
+    for _ in range(iterations):
+        energy = unary
+        for filter_values, compat in kernels:
+            message = filter_values(q)
+            if isinstance(compat, torch.Tensor):
+                energy = energy + message @ compat  # compat is symmetric: Q mu^T = Q mu
+            else:
+                # Potts: mu = w (1 - I) adds w * sum_l' message_l' - w * message_l;
+                # the sum is the same for every label, which softmax ignores.
+                energy = energy - compat * message
+        q = torch.softmax(-energy, dim=-1)
+    return q
+
+
+def per_axis(value, rank: int) -> list[float]:
+    """A number for every axis from one number (or a sequence of one), or
+    one per axis already."""
+    values = [value] if isinstance(value, (int, float)) else list(value)
+    return [float(v) for v in (values * rank if len(values) == 1 else values)]
+
+
+def kernel_features(image: torch.Tensor | None, spatial: Sequence[int], batch: int, spacing, sxy, srgb,
+                    dtype, device) -> torch.Tensor:
+    """[B, N, d] features of one kernel: positions (index * spacing / sxy
+    per axis), then the image's channels / srgb for a bilateral kernel
+    (srgb not None); shifted to start at 0 per image (the lattice's
+    coordinates stay small; the Gaussian does not see the shift)."""
+    scale = [s / sigma for s, sigma in zip(per_axis(spacing, len(spatial)), per_axis(sxy, len(spatial)))]
+    features = position_features(spatial, scale, dtype, device).expand(batch, -1, *spatial)
+    if srgb is not None:
+        colour_scale = torch.tensor(per_axis(srgb, image.shape[1]), dtype=dtype, device=device)
+        features = torch.cat([features, image.to(dtype) / colour_scale.view(1, -1, *[1] * len(spatial))], dim=1)
+    flat = features.reshape(batch, features.shape[1], -1).transpose(1, 2)
+    return (flat - flat.amin(1, keepdim=True)).contiguous()
+
+
+def run_dense_crf(logits: torch.Tensor, image: torch.Tensor | None, iterations: int, probabilities: bool,
+                  kernel_params, spacing, lattice_filter: Callable[[torch.Tensor], Filter]) -> torch.Tensor:
+    """The mean-field of ``dense_crf`` with the normalised Gaussian filters
+    that ``lattice_filter`` makes from [B, N, d] features: the reference's
+    own lattice here, a faster backend's in ``fastseg.ops.dense_crf``.
+
+    kernel_params: (sxy, srgb or None, compat) per kernel; a kernel whose
+    compatibility is the number 0 is left out."""
+    batch, labels, *spatial = logits.shape
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    unary = unary_energy(logits.reshape(batch, labels, -1).to(dtype), probabilities).transpose(1, 2).contiguous()
+    kernels = []
+    for sxy, srgb, compat in kernel_params:
+        if not isinstance(compat, torch.Tensor) and compat == 0:
+            continue
+        features = kernel_features(image, spatial, batch, spacing, sxy, srgb, dtype, logits.device)
+        kernels.append((lattice_filter(features), symmetric_compat(compat, dtype, logits.device)))
+    q = mean_field(unary, kernels, iterations).contiguous()
+    return q.transpose(1, 2).reshape(logits.shape).to(logits.dtype)
+
+
+def _reference_filter(features: torch.Tensor) -> Filter:
+    lattice = build_lattice(features)
+    return normalized_filter(lambda values: apply_lattice(values, lattice), features)
+
+
+def dense_crf(logits: torch.Tensor, image: torch.Tensor | None, iterations: int = 5, *, probabilities: bool = False,
+              gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0, bilateral_srgb=13.0,
+              bilateral_compat=10.0, spacing=1.0) -> torch.Tensor:
+    """Same signature as ``fastseg.ops.dense_crf`` (without ``backend``);
+    no argument checks."""
+    kernel_params = ((gaussian_sxy, None, gaussian_compat), (bilateral_sxy, bilateral_srgb, bilateral_compat))
+    return run_dense_crf(logits, image, iterations, probabilities, kernel_params, spacing, _reference_filter)
