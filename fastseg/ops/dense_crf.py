@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .. import _backend
 from .._checks import FLOAT_DTYPES
 from .permutohedral_filter import BACKENDS as FILTER_BACKENDS
-from .permutohedral_filter import Lattice, build_lattice
+from .permutohedral_filter import Lattice, build_lattice, check_lattice_range
 
 _reference = importlib.import_module("fastseg.reference.dense_crf")  # the module, not its function
 
@@ -142,6 +142,7 @@ def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, prob
     def lattice_filter(features: Tensor):
         # n K n, with n folded into the lattice's weights: splatting and
         # slicing with n_i w_i instead of w_i normalises for free.
+        check_lattice_range(features)
         lattice: Lattice = build_lattice(features, spatial, name)
         norm = _reference.normalization(lattice.apply_flat, features)
         return lattice.reweighted(norm).apply_flat

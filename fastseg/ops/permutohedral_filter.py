@@ -50,10 +50,10 @@ _reference = importlib.import_module("fastseg.reference.permutohedral_filter")  
 
 BACKENDS = _backend.register("permutohedral_filter", {"cuda": ("cuda",), "cpu": ("cpp",)})
 
-# The lift multiplies a feature spread s by at most sqrt(2/3) (d+1) s; past
-# this the float32 barycentric weights lose their precision (and int32 keys
-# their range long after).
-_MAX_LIFTED_SPREAD = 2.0**22
+# The lift scales feature vectors by sqrt(2/3) (d+1). Lattice cells are d+1
+# wide there, so float32 keeps the barycentric weights to about 1% up to
+# 2^16; float64 goes as far as the int32 keys do.
+_MAX_LIFTED = {torch.float32: 2.0**16, torch.float64: 2.0**30}
 
 
 def _implementation(backend: str):
@@ -172,21 +172,30 @@ def _check_finite(t: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be finite; it holds {int((~torch.isfinite(t)).sum())} NaN or Inf entries")
 
 
-def flat_features(features: Tensor, dtype: torch.dtype) -> Tensor:
-    """[B, d, *spatial] -> [B, N, d] in ``dtype``, shifted to start at 0 per
-    image and channel: the Gaussian does not see the shift, and small
-    coordinates are where float rounding is finest."""
-    flat = features.reshape(*features.shape[:2], -1).transpose(1, 2).to(dtype)
+def check_lattice_range(flat: Tensor) -> None:
+    """Features [B, N, d] must lie where the lattice resolves them in their
+    dtype (float32 or float64).
+
+    They are never shifted towards 0: the Gaussian would not see it, but
+    the lattice is a fixed grid in feature space, and Krähenbühl's code
+    (so pydensecrf) rounds the features as they are."""
     if flat.numel() == 0:
-        return flat.contiguous()
-    flat = flat - flat.amin(1, keepdim=True)
-    spread = flat.amax(1).square().sum(-1).sqrt().max()  # the longest diagonal of a batch image's feature box
-    lifted = math.sqrt(2.0 / 3.0) * (features.shape[1] + 1) * float(spread)
-    if lifted > _MAX_LIFTED_SPREAD:
-        raise ValueError(f"features span {float(spread):.4g} standard deviations within one image, too far for the "
-                         f"lattice's coordinates (at most {_MAX_LIFTED_SPREAD / math.sqrt(2 / 3) / (features.shape[1] + 1):.4g} "
-                         "for this d); divide them by larger standard deviations")
-    return flat.contiguous()
+        return
+    d = flat.shape[-1]
+    longest = float(flat.square().sum(-1).max().sqrt())
+    if math.sqrt(2.0 / 3.0) * (d + 1) * longest > _MAX_LIFTED[flat.dtype]:
+        limit = _MAX_LIFTED[flat.dtype] / math.sqrt(2.0 / 3.0) / (d + 1)
+        raise ValueError(f"features reach {longest:.4g} standard deviations from 0, beyond the {limit:.4g} that the "
+                         f"lattice resolves in {str(flat.dtype).removeprefix('torch.')} at d={d}; use larger "
+                         "standard deviations, features closer to 0, or float64 features")
+
+
+def flat_features(features: Tensor, dtype: torch.dtype) -> Tensor:
+    """[B, d, *spatial] -> [B, N, d] in ``dtype``, checked to lie within the
+    lattice's range."""
+    flat = features.reshape(*features.shape[:2], -1).transpose(1, 2).to(dtype).contiguous()
+    check_lattice_range(flat)
+    return flat
 
 
 def check_features(features: Tensor, batch: int | None = None, spatial_shape: tuple[int, ...] | None = None) -> None:

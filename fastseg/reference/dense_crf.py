@@ -94,15 +94,18 @@ def kernel_features(image: torch.Tensor | None, spatial: Sequence[int], batch: i
                     dtype, device) -> torch.Tensor:
     """[B, N, d] features of one kernel: positions (index * spacing / sxy
     per axis), then the image's channels / srgb for a bilateral kernel
-    (srgb not None); shifted to start at 0 per image (the lattice's
-    coordinates stay small; the Gaussian does not see the shift)."""
+    (srgb not None).
+
+    The positions go last axis first (x, y, ...) and nothing is shifted, as
+    in Krähenbühl's DenseCRF2D: the lattice is a fixed grid in feature
+    space, so its rounding, and with it the labels where they hang on the
+    smallest differences, follows pydensecrf's only for the same features."""
     scale = [s / sigma for s, sigma in zip(per_axis(spacing, len(spatial)), per_axis(sxy, len(spatial)))]
-    features = position_features(spatial, scale, dtype, device).expand(batch, -1, *spatial)
+    features = position_features(spatial, scale, dtype, device).flip(0).expand(batch, -1, *spatial)
     if srgb is not None:
         colour_scale = torch.tensor(per_axis(srgb, image.shape[1]), dtype=dtype, device=device)
         features = torch.cat([features, image.to(dtype) / colour_scale.view(1, -1, *[1] * len(spatial))], dim=1)
-    flat = features.reshape(batch, features.shape[1], -1).transpose(1, 2)
-    return (flat - flat.amin(1, keepdim=True)).contiguous()
+    return features.reshape(batch, features.shape[1], -1).transpose(1, 2).contiguous()
 
 
 def run_dense_crf(logits: torch.Tensor, image: torch.Tensor | None, iterations: int, probabilities: bool,
