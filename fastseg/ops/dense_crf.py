@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .. import _backend
 from .._checks import FLOAT_DTYPES
 from .permutohedral_filter import BACKENDS as FILTER_BACKENDS
-from .permutohedral_filter import Lattice, build_lattice, check_lattice_range
+from .permutohedral_filter import Lattice, build_lattice, check_finite
 
 _reference = importlib.import_module("fastseg.reference.dense_crf")  # the module, not its function
 
@@ -72,11 +72,8 @@ def _check_inputs(logits, image, iterations, probabilities, kernel_params, spaci
         raise ValueError(f"logits must have at least one label, got shape {tuple(logits.shape)}")
     if math.prod(spatial) == 0:
         raise ValueError(f"logits must have at least one pixel per image, got shape {tuple(logits.shape)}")
-    if not torch.isfinite(logits).all():
-        what = "probabilities" if probabilities else "logits"
-        raise ValueError(f"logits: the {what} must be finite; they hold {int((~torch.isfinite(logits)).sum())} "
-                         "NaN or Inf entries")
-    if probabilities and (logits.min() < 0 or logits.max() > 1):
+    check_finite(logits, "logits")
+    if probabilities and not torch.compiler.is_compiling() and (logits.min() < 0 or logits.max() > 1):
         raise ValueError("logits: with probabilities=True they must lie in [0, 1], got values in "
                          f"[{float(logits.min()):.4g}, {float(logits.max()):.4g}]")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
@@ -107,8 +104,8 @@ def _check_image(image, logits: Tensor) -> None:
         raise ValueError(f"image must have at least one channel, got shape {tuple(image.shape)}")
     if image.device != logits.device:
         raise ValueError(f"image must be on the device of logits {logits.device}, got {image.device}")
-    if image.is_floating_point() and not torch.isfinite(image).all():
-        raise ValueError("image must be finite; it holds NaN or Inf entries")
+    if image.is_floating_point():
+        check_finite(image, "image")
 
 
 def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, probabilities: bool = False,
@@ -142,7 +139,6 @@ def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, prob
     def lattice_filter(features: Tensor):
         # n K n, with n folded into the lattice's weights: splatting and
         # slicing with n_i w_i instead of w_i normalises for free.
-        check_lattice_range(features)
         lattice: Lattice = build_lattice(features, spatial, name)
         norm = _reference.normalization(lattice.apply_flat, features)
         return lattice.reweighted(norm).apply_flat

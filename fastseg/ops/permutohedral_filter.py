@@ -64,6 +64,8 @@ def _implementation(backend: str):
 
 @torch.library.custom_op("fastseg::permutohedral_lattice", mutates_args=())
 def _lattice_op(features: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # Checked here, where the values are at hand also inside a compiled graph.
+    check_lattice_range(features)
     return tuple(_implementation(backend).build_lattice(features))
 
 
@@ -151,7 +153,7 @@ class Lattice:
         if values.device != self.tensors.vertex_of.device:
             raise ValueError(f"values must be on the lattice's device {self.tensors.vertex_of.device}, "
                              f"got {values.device}")
-        _check_finite(values, "values")
+        check_finite(values, "values")
         flat = values.reshape(*values.shape[:2], -1).transpose(1, 2)
         out = self.apply_flat(flat.to(self.tensors.barycentric.dtype).contiguous())
         # [B, N, C] is already channels-last memory: as [B, C, *spatial] it
@@ -167,7 +169,11 @@ def _memory_format_of(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _check_finite(t: Tensor, name: str) -> None:
+def check_finite(t: Tensor, name: str) -> None:
+    """A data-dependent check: made in eager mode; a compiled graph lets NaN
+    and Inf through (they reach the output) rather than break the graph."""
+    if torch.compiler.is_compiling():
+        return
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} must be finite; it holds {int((~torch.isfinite(t)).sum())} NaN or Inf entries")
 
@@ -191,11 +197,8 @@ def check_lattice_range(flat: Tensor) -> None:
 
 
 def flat_features(features: Tensor, dtype: torch.dtype) -> Tensor:
-    """[B, d, *spatial] -> [B, N, d] in ``dtype``, checked to lie within the
-    lattice's range."""
-    flat = features.reshape(*features.shape[:2], -1).transpose(1, 2).to(dtype).contiguous()
-    check_lattice_range(flat)
-    return flat
+    """[B, d, *spatial] -> [B, N, d] in ``dtype``, the layout the lattice takes."""
+    return features.reshape(*features.shape[:2], -1).transpose(1, 2).to(dtype).contiguous()
 
 
 def check_features(features: Tensor, batch: int | None = None, spatial_shape: tuple[int, ...] | None = None) -> None:
@@ -219,7 +222,7 @@ def check_features(features: Tensor, batch: int | None = None, spatial_shape: tu
     if features.requires_grad and torch.is_grad_enabled():
         raise ValueError("features: gradients with respect to the features are not supported; pass "
                          "features.detach() (gradients flow to the values)")
-    _check_finite(features, "features")
+    check_finite(features, "features")
 
 
 def permutohedral_lattice(features: Tensor, *, backend: str | None = None) -> Lattice:
