@@ -46,6 +46,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import _backend
+from .crf.utils import unary_from_labels
 from .ops import dense_crf
 from .ops.permutohedral_filter import BACKENDS as FILTER_BACKENDS
 
@@ -320,15 +321,8 @@ def _read_label_image(path: Path, size: tuple[int, int], labels: int, zero_unsur
 
 
 def _label_log_probabilities(values: np.ndarray, labels: int, gt_prob: float, zero_unsure: bool) -> torch.Tensor:
-    """float32 [N, H, W]: log gt_prob at the pixel's label, log((1 - gt_prob) / (N - 1)) at
-    the others, log(1 / N) everywhere on unsure pixels (pydensecrf's unary_from_labels)."""
-    values = torch.from_numpy(values)
-    classes = values - 1 if zero_unsure else values
-    log_p = torch.full((labels, *values.shape), math.log((1 - gt_prob) / (labels - 1)))
-    log_p.scatter_(0, classes.clamp(min=0)[None], math.log(gt_prob))
-    if zero_unsure:
-        log_p[:, values == 0] = -math.log(labels)
-    return log_p
+    """float32 [N, H, W]: log p of pydensecrf's unary_from_labels."""
+    return -torch.from_numpy(unary_from_labels(values, labels, gt_prob, zero_unsure)).view(labels, *values.shape)
 
 
 def _write_atomically(path: Path, save: Callable[[BinaryIO], None]) -> None:

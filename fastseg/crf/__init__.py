@@ -30,13 +30,15 @@ and make no difference to inference, there or here.
 
 import enum
 import math
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import torch
 
+from .._checks import is_number
 from ..ops.permutohedral_filter import Lattice, permutohedral_lattice
-from ..reference.dense_crf import Filter, mean_field, normalization as symmetric_normalization, symmetric_compat
+from ..reference.dense_crf import Filter, mean_field, mean_field_energy, symmetric_compat
+from ..reference.dense_crf import normalization as symmetric_normalization
 from ..reference.permutohedral_filter import lattice_scale
 from . import utils
 
@@ -76,15 +78,11 @@ def _check_array(value, name: str, dtype, shape: tuple[int | None, ...], what: s
         raise ValueError(f"{name} must be finite; it holds {int((~np.isfinite(value)).sum())} NaN or Inf entries")
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
 def _per_axis(value, name: str, count: int) -> tuple[float, ...]:
     """A positive standard deviation for each of ``count`` features, from
     one number or ``count`` of them."""
-    values = [value] * count if _is_number(value) else value
-    if not isinstance(values, (list, tuple, np.ndarray)) or len(values) != count or not all(map(_is_number, values)):
+    values = [value] * count if is_number(value) else value
+    if not isinstance(values, (list, tuple, np.ndarray)) or len(values) != count or not all(map(is_number, values)):
         raise TypeError(f"{name} must be a positive number or a sequence of {count}, got {value!r}")
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"{name} must be positive and finite, got {value!r}")
@@ -103,7 +101,7 @@ def _compat_matrix(compat, labels: int) -> torch.Tensor:
     w is his Potts model, whose message is -w K Q: the matrix -w I. A 1-D
     array is a diagonal compatibility, a 2-D one a full matrix (of which
     his code takes the symmetric part)."""
-    if _is_number(compat):
+    if is_number(compat):
         if not math.isfinite(compat):
             raise ValueError(f"compat must be finite, got {compat!r}")
         return -float(compat) * torch.eye(labels)
@@ -241,12 +239,7 @@ class DenseCRF:
         return float(terms.double().sum())
 
     def _energy(self, q: torch.Tensor) -> torch.Tensor:
-        """unary + sum_k (n_k K_k n_k Q) mu_k [1, N, M]: the energy of which a
-        mean-field step takes softmax(-energy)."""
-        energy = self._unary
-        for filter_values, compat in self._kernels:
-            energy = energy + filter_values(q) @ compat
-        return energy
+        return mean_field_energy(self._unary, self._kernels, q)
 
     def _check_marginals(self, Q) -> None:
         _check_array(Q, "Q", np.float32, (self._nlabels, self._nvar),

@@ -17,14 +17,12 @@ parameters (CRF-as-RNN): gradients flow to them and to the logits.
 
 import importlib
 import math
-from collections.abc import Sequence
-from numbers import Real
 
 import torch
 from torch import Tensor, nn
 
 from .. import _backend
-from .._checks import FLOAT_DTYPES
+from .._checks import FLOAT_DTYPES, is_number
 from .permutohedral_filter import BACKENDS as FILTER_BACKENDS
 from .permutohedral_filter import Lattice, build_lattice, check_finite
 
@@ -33,14 +31,10 @@ _reference = importlib.import_module("fastseg.reference.dense_crf")  # the modul
 IMAGE_DTYPES = (torch.uint8, *FLOAT_DTYPES)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
 def _check_positive(value, name: str, count: int) -> None:
     """A positive number, or ``count`` of them."""
-    values = [value] if _is_number(value) else value
-    if not isinstance(values, (list, tuple, torch.Size)) or not all(_is_number(v) for v in values):
+    values = [value] if is_number(value) else value
+    if not isinstance(values, (list, tuple, torch.Size)) or not all(is_number(v) for v in values):
         raise TypeError(f"{name} must be a positive number or a sequence of {count}, got {value!r}")
     if len(values) not in (1, count):
         raise ValueError(f"{name} must be one positive number or {count} of them, got {value!r}")
@@ -55,7 +49,7 @@ def _check_compat(compat, name: str, labels: int) -> None:
                              f"got shape {tuple(compat.shape)}")
         if not compat.is_floating_point() or not torch.isfinite(compat).all():
             raise ValueError(f"{name} must hold finite floating-point values")
-    elif not _is_number(compat) or not math.isfinite(compat):
+    elif not is_number(compat) or not math.isfinite(compat):
         raise TypeError(f"{name} must be a finite number (Potts weight) or an [L, L] tensor, got {compat!r}")
 
 

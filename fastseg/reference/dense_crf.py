@@ -64,22 +64,30 @@ def normalized_filter(filter_values: Filter, like: torch.Tensor) -> Filter:
     return lambda q: norm * filter_values(norm * q)
 
 
+def mean_field_energy(unary: torch.Tensor, kernels: Sequence[tuple[Filter, torch.Tensor | float]],
+                      q: torch.Tensor) -> torch.Tensor:
+    """The energy [B, N, L] whose softmax(-energy) is the next Q: the unary
+    plus each kernel's message through its compatibility, a Potts weight or
+    a symmetric [L, L] matrix."""
+    energy = unary
+    for filter_values, compat in kernels:
+        message = filter_values(q)
+        if isinstance(compat, torch.Tensor):
+            energy = energy + message @ compat  # compat is symmetric: Q mu^T = Q mu
+        else:
+            # Potts: mu = w (1 - I) adds w * sum_l' message_l' - w * message_l;
+            # the sum is the same for every label, which softmax ignores.
+            energy = energy - compat * message
+    return energy
+
+
 def mean_field(unary: torch.Tensor, kernels: Sequence[tuple[Filter, torch.Tensor | float]],
                iterations: int) -> torch.Tensor:
-    """unary [B, N, L]; kernels: (normalised filter, compatibility) pairs,
-    the compatibility a Potts weight or a symmetric [L, L] matrix -> Q [B, N, L]."""
+    """unary [B, N, L]; kernels: (normalised filter, compatibility) pairs
+    as ``mean_field_energy`` takes them -> Q [B, N, L]."""
     q = torch.softmax(-unary, dim=-1)
     for _ in range(iterations):
-        energy = unary
-        for filter_values, compat in kernels:
-            message = filter_values(q)
-            if isinstance(compat, torch.Tensor):
-                energy = energy + message @ compat  # compat is symmetric: Q mu^T = Q mu
-            else:
-                # Potts: mu = w (1 - I) adds w * sum_l' message_l' - w * message_l;
-                # the sum is the same for every label, which softmax ignores.
-                energy = energy - compat * message
-        q = torch.softmax(-energy, dim=-1)
+        q = torch.softmax(-mean_field_energy(unary, kernels, q), dim=-1)
     return q
 
 
