@@ -25,6 +25,27 @@
 namespace fastseg {
 namespace permutohedral {
 
+// a * b, never fused with a following add into one FMA. nvcc fuses by
+// default (-fmad=true) and x86-64 host compilers cannot (no FMA in the
+// baseline ISA); keeping every product separately rounded on the device
+// makes the CUDA lattice bit-identical to the CPU one (same simplices, so
+// the same vertices) and its filter outputs identical too.
+FASTSEG_HOST_DEVICE inline float mul_unfused(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+FASTSEG_HOST_DEVICE inline double mul_unfused(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
 // The factor that turns the mass-preserving splat/blur/slice into the
 // unnormalised Gaussian sum sum_j exp(-|f_i - f_j|^2 / 2) v_j: a unit
 // Gaussian integrates to (2 pi)^(d/2) and a lattice cell covers
@@ -53,8 +74,8 @@ template <typename scalar_t>
 FASTSEG_HOST_DEVICE void lift(const scalar_t* feature, int d, scalar_t* elevated) {
   scalar_t suffix = 0;  // sum of the scaled features after j
   for (int j = d; j >= 1; --j) {
-    const scalar_t scaled = feature[j - 1] * lift_scale<scalar_t>(d, j - 1);
-    elevated[j] = suffix - j * scaled;
+    const scalar_t scaled = mul_unfused(feature[j - 1], lift_scale<scalar_t>(d, j - 1));
+    elevated[j] = suffix - mul_unfused(static_cast<scalar_t>(j), scaled);
     suffix += scaled;
   }
   elevated[0] = suffix;
@@ -67,7 +88,7 @@ FASTSEG_HOST_DEVICE void enclosing_simplex(const scalar_t* elevated, int d, int3
   int32_t excess = 0;  // (sum of rem0) / (d+1): how far rem0 lies off the hyperplane
   for (int i = 0; i <= d; ++i) {
     const scalar_t scaled = elevated[i] / step;
-    const scalar_t up = std::ceil(scaled) * step, down = std::floor(scaled) * step;
+    const scalar_t up = mul_unfused(std::ceil(scaled), step), down = mul_unfused(std::floor(scaled), step);
     rem0[i] = static_cast<int32_t>(up - elevated[i] < elevated[i] - down ? up : down);
     excess += rem0[i];
     rank[i] = 0;
@@ -103,10 +124,16 @@ FASTSEG_HOST_DEVICE void enclosing_simplex(const scalar_t* elevated, int d, int3
   barycentric[0] += 1 + barycentric[d + 1];
 }
 
+// Coordinate i of corner r of the simplex: r added to rem0 where
+// rank <= d - r, r - (d+1) elsewhere.
+FASTSEG_HOST_DEVICE inline int32_t corner_coordinate(const int32_t* rem0, const int32_t* rank, int d, int r, int i) {
+  return rem0[i] + (rank[i] <= d - r ? r : r - (d + 1));
+}
+
 // The first d integer coordinates of corner r of the simplex (the last
-// follows: they sum to 0): r added where rank <= d - r, r - (d+1) elsewhere.
+// follows: they sum to 0).
 FASTSEG_HOST_DEVICE inline void corner_key(const int32_t* rem0, const int32_t* rank, int d, int r, int32_t* key) {
-  for (int i = 0; i < d; ++i) key[i] = rem0[i] + (rank[i] <= d - r ? r : r - (d + 1));
+  for (int i = 0; i < d; ++i) key[i] = corner_coordinate(rem0, rank, d, r, i);
 }
 
 // The key of a neighbour of `key` along lattice direction j: every
