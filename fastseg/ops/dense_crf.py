@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .. import _backend
 from .._checks import FLOAT_DTYPES, is_number
 from .permutohedral_filter import BACKENDS as FILTER_BACKENDS
-from .permutohedral_filter import Lattice, build_lattice, check_finite
+from .permutohedral_filter import Lattice, build_lattice, check_finite, uncovered
 
 _reference = importlib.import_module("fastseg.reference.dense_crf")  # the module, not its function
 
@@ -127,7 +127,9 @@ def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, prob
     """
     kernel_params = ((gaussian_sxy, None, gaussian_compat), (bilateral_sxy, bilateral_srgb, bilateral_compat))
     _check_inputs(logits, image, iterations, probabilities, kernel_params, spacing)
-    name = _backend.resolve_backend(FILTER_BACKENDS, backend, logits)
+    # The bilateral kernel has the most features: positions and colours.
+    features = logits.dim() - 2 + (image.shape[1] if image is not None else 0)
+    name = _backend.resolve_backend(FILTER_BACKENDS, backend, logits, uncovered=uncovered(features))
     spatial = tuple(logits.shape[2:])
 
     def lattice_filter(features: Tensor):

@@ -56,6 +56,15 @@ BACKENDS = _backend.register("permutohedral_filter", {"cuda": ("cuda",), "cpu": 
 _MAX_LIFTED = {torch.float32: 2.0**16, torch.float64: 2.0**30}
 
 
+# csrc/cuda/permutohedral_filter.cuh: its per-thread arrays are compiled up to this d.
+CUDA_MAX_D = 64
+
+
+def uncovered(d: int) -> tuple[tuple[str, str], ...]:
+    """The backends that cannot build a lattice of d features, with why."""
+    return (("cuda", f"the CUDA lattice takes at most {CUDA_MAX_D} features, got d={d}"),) if d > CUDA_MAX_D else ()
+
+
 def _implementation(backend: str):
     if backend in ("cpp", "cuda"):
         return _compiled_ops
@@ -231,7 +240,7 @@ def permutohedral_lattice(features: Tensor, *, backend: str | None = None) -> La
     the features are float64, float32 otherwise."""
     check_features(features)
     return build_lattice(flat_features(features, compute_dtype(features)), tuple(features.shape[2:]),
-                         _backend.resolve_backend(BACKENDS, backend, features))
+                         _backend.resolve_backend(BACKENDS, backend, features, uncovered=uncovered(features.shape[1])))
 
 
 def build_lattice(flat: Tensor, spatial_shape: tuple[int, ...], backend: str) -> Lattice:
@@ -256,6 +265,6 @@ def permutohedral_filter(values: Tensor, features: Tensor, *, backend: str | Non
     check_features(features, values.shape[0], tuple(values.shape[2:]))
     if features.device != values.device:
         raise ValueError(f"features must be on the device of values {values.device}, got {features.device}")
-    name = _backend.resolve_backend(BACKENDS, backend, values, features)
+    name = _backend.resolve_backend(BACKENDS, backend, values, features, uncovered=uncovered(features.shape[1]))
     lattice = build_lattice(flat_features(features, compute_dtype(values, features)), tuple(values.shape[2:]), name)
     return lattice(values)
