@@ -572,3 +572,28 @@ def test_module_invalid_arguments(gen):
         DenseCRF(3, bilateral_compat=math.inf)
     with pytest.raises(ValueError, match=r"logits must have num_labels=4 channels, got shape \(1, 3, 6, 7\)"):
         DenseCRF(4)(logits, image)
+
+
+# --- edge cases: empty batches, the layout of the result -------------------------------------------
+
+@pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])
+def test_empty_batch(backend):
+    """No image: an empty result of the logits' shape, as for PyTorch's ops."""
+    logits, image = torch.empty(0, 3, 6, 7), torch.empty(0, 3, 6, 7, dtype=torch.uint8)
+    q = dense_crf(logits, image, 3, backend=backend)
+    assert q.shape == logits.shape and q.dtype == logits.dtype
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_output_layout_follows_the_logits(backend, gen):
+    """Contiguous logits give contiguous probabilities (channels-last ones
+    channels-last), as every fastseg op; a strided result breaks, e.g.,
+    F.nll_loss's backward ("grad_input must be contiguous")."""
+    logits, image, truth = noisy_case(gen, (6, 7), batch=2)
+    q = dense_crf(logits, image, 2, backend=backend)
+    assert q.is_contiguous(), q.stride()
+    q = dense_crf(logits.contiguous(memory_format=torch.channels_last), image, 2, backend=backend)
+    assert q.is_contiguous(memory_format=torch.channels_last), q.stride()
+    crf = DenseCRF(3, 2, backend=backend)
+    F.nll_loss(crf(logits, image).clamp(min=1e-6).log(), truth).backward()
+    assert crf.bilateral_compat.grad is not None

@@ -699,3 +699,46 @@ def test_values_on_another_device_raise(backend, gen):
     values, features = random_case(1, 2, 2, (4, 5), gen, torch.float32)
     with pytest.raises(ValueError, match=r"features must be on the device of values meta, got cpu"):
         permutohedral_filter(values.to("meta"), features, backend=backend)
+
+
+# --- edge cases: the reference lattice's layout, empty batches, misplaced features ---------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_opcheck_lattice_reference(device, dtype, gen):
+    """The reference's barycentric weights are a strided view ([B, N, d+1]
+    of a [B*N, d+2] buffer); the fake says contiguous."""
+    check_opcheck_lattice(device, "reference", dtype, gen)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_compile_fullgraph_matches_eager_reference(device, gen, fresh_dynamo):
+    """Inductor trusts the fake's strides of the reference lattice."""
+    check_compile_fullgraph(device, "reference", gen)
+
+
+@pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])
+def test_empty_batch(backend):
+    """Only the batch may be empty (no image, nothing to filter), as in
+    PyTorch's own ops: an empty output of the values' shape and dtype."""
+    values, features = torch.empty(0, 3, 5, 6), torch.empty(0, 2, 5, 6)
+    out = permutohedral_filter(values, features, backend=backend)
+    assert out.shape == values.shape and out.dtype == values.dtype
+
+
+@pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])
+def test_zero_value_channels_raise(backend, gen):
+    """Zero value channels are refused with an error naming the values (as
+    the pool ops refuse zero channels), not a reshape error."""
+    _, features = random_case(2, 1, 2, (5, 6), gen, torch.float32)
+    with pytest.raises(ValueError, match=r"values .*channel"):
+        permutohedral_filter(torch.empty(2, 0, 5, 6), features, backend=backend)
+
+
+@pytest.mark.parametrize("backend", [None, *CPU_BACKENDS])
+def test_features_on_another_device_raise_before_reading_them(backend, gen):
+    """The device mismatch is reported, not whatever reading the misplaced
+    features fails with first (meta tensors hold no data to read)."""
+    values, features = random_case(1, 2, 2, (4, 5), gen, torch.float32)
+    with pytest.raises(ValueError, match=r"features must be on the device of values cpu, got meta"):
+        permutohedral_filter(values, features.to("meta"), backend=backend)

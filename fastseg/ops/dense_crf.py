@@ -67,7 +67,8 @@ def _check_inputs(logits, image, iterations, probabilities, kernel_params, spaci
     if math.prod(spatial) == 0:
         raise ValueError(f"logits must have at least one pixel per image, got shape {tuple(logits.shape)}")
     check_finite(logits, "logits")
-    if probabilities and not torch.compiler.is_compiling() and (logits.min() < 0 or logits.max() > 1):
+    if probabilities and logits.numel() and not torch.compiler.is_compiling() \
+            and (logits.min() < 0 or logits.max() > 1):
         raise ValueError("logits: with probabilities=True they must lie in [0, 1], got values in "
                          f"[{float(logits.min()):.4g}, {float(logits.max()):.4g}]")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
@@ -131,6 +132,8 @@ def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, prob
     features = logits.dim() - 2 + (image.shape[1] if image is not None else 0)
     name = _backend.resolve_backend(FILTER_BACKENDS, backend, logits, uncovered=uncovered(features))
     spatial = tuple(logits.shape[2:])
+    if logits.shape[0] == 0:  # only the batch may be empty, as in PyTorch
+        return torch.empty_like(logits)
 
     def lattice_filter(features: Tensor):
         # n K n, with n folded into the lattice's weights: splatting and

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from .. import _backend, _compiled_ops
 from .._checks import FLOAT_DTYPES, check_tensor
+from .._layout import memory_format_of
 from ..reference.permutohedral_filter import LatticeTensors
 
 _reference = importlib.import_module("fastseg.reference.permutohedral_filter")  # the module, not its function
@@ -168,14 +169,7 @@ class Lattice:
         # [B, N, C] is already channels-last memory: as [B, C, *spatial] it
         # needs a copy only when the input was not laid out so.
         out = out.view(self.batch, *self.spatial_shape, -1).movedim(-1, 1).to(values.dtype)
-        return out.contiguous(memory_format=_memory_format_of(values))
-
-
-def _memory_format_of(x: Tensor) -> torch.memory_format:
-    for channels_last, rank in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
-        if x.dim() == rank and not x.is_contiguous() and x.is_contiguous(memory_format=channels_last):
-            return channels_last
-    return torch.contiguous_format
+        return out.contiguous(memory_format=memory_format_of(values))
 
 
 def check_finite(t: Tensor, name: str) -> None:
@@ -262,9 +256,13 @@ def permutohedral_filter(values: Tensor, features: Tensor, *, backend: str | Non
     Differentiable with respect to ``values``.
     """
     check_tensor(values, "values", tuple(range(3, 9)), FLOAT_DTYPES)
-    check_features(features, values.shape[0], tuple(values.shape[2:]))
-    if features.device != values.device:
+    if values.shape[1] == 0:
+        raise ValueError(f"values must have at least one channel, got shape {tuple(values.shape)}")
+    if isinstance(features, Tensor) and features.device != values.device:
         raise ValueError(f"features must be on the device of values {values.device}, got {features.device}")
+    check_features(features, values.shape[0], tuple(values.shape[2:]))
+    if values.shape[0] == 0:  # only the batch may be empty, as in PyTorch
+        return torch.empty_like(values)
     name = _backend.resolve_backend(BACKENDS, backend, values, features, uncovered=uncovered(features.shape[1]))
     lattice = build_lattice(flat_features(features, compute_dtype(values, features)), tuple(values.shape[2:]), name)
     return lattice(values)

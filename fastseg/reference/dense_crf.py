@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .._layout import memory_format_of
+
 from .permutohedral_filter import apply_lattice, build_lattice
 
 # pydensecrf's unary_from_softmax clips probabilities here before the log.
@@ -133,8 +135,9 @@ def run_dense_crf(logits: torch.Tensor, image: torch.Tensor | None, iterations: 
             continue
         features = kernel_features(image, spatial, batch, spacing, sxy, srgb, dtype, logits.device)
         kernels.append((lattice_filter(features), symmetric_compat(compat, dtype, logits.device)))
-    q = mean_field(unary, kernels, iterations).contiguous()
-    return q.transpose(1, 2).reshape(logits.shape).to(logits.dtype)
+    q = mean_field(unary, kernels, iterations)  # [B, N, L]: channels-last memory
+    q = q.view(batch, *spatial, labels).movedim(-1, 1).to(logits.dtype)
+    return q.contiguous(memory_format=memory_format_of(logits))
 
 
 def _reference_filter(features: torch.Tensor) -> Filter:

@@ -192,7 +192,7 @@ def build_lattice(features: torch.Tensor) -> LatticeTensors:
     vertex_start[1:] = torch.cumsum(torch.bincount(vertex_of, minlength=vertices), 0)
     return LatticeTensors(
         vertex_of=vertex_of.view(batch, pixels, d + 1).int(),
-        barycentric=barycentric.view(batch, pixels, d + 1),
+        barycentric=barycentric.reshape(batch, pixels, d + 1).contiguous(),  # a slice of d+2 columns
         neighbors=neighbors.int(),
         splat_order=splat_order.int(),
         vertex_start=vertex_start.int(),
