@@ -41,10 +41,9 @@ def _extension_modules():
     # setuptools wants source paths relative to setup.py
     sources = [os.path.relpath(path, root) for path in _sources.extension_sources(root, with_cuda)]
     flags = _sources.compile_flags(root, with_cuda, debug=os.environ.get("DEBUG") == "1")
-    if with_cuda:
-        ext = CUDAExtension("fastseg._C", sources, extra_compile_args=flags)
-    else:
-        ext = CppExtension("fastseg._C", sources, extra_compile_args={"cxx": flags["cxx"]})
+    compile_args = {tool: flags[tool] for tool in ("cxx", "nvcc") if tool in flags}
+    extension = CUDAExtension if with_cuda else CppExtension
+    ext = extension("fastseg._C", sources, extra_compile_args=compile_args, extra_link_args=flags["ld"])
     return [ext], {"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)}
 
 

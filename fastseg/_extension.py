@@ -80,6 +80,7 @@ def _jit_build(source_hash: str) -> ModuleType:
             sources=_sources.extension_sources(_REPO_ROOT, with_cuda),
             extra_cflags=flags["cxx"],
             extra_cuda_cflags=flags.get("nvcc"),
+            extra_ldflags=flags["ld"],
             build_directory=build_dir,
             verbose=os.environ.get("FASTSEG_VERBOSE_BUILD") == "1",
         )

@@ -12,6 +12,7 @@ before torch's build helpers.
 import glob
 import hashlib
 import os
+import sys
 
 
 def csrc_dir(root: str) -> str:
@@ -42,12 +43,23 @@ def source_hash(root: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def openmp_flags() -> list[str]:
+    """``at::parallel_for`` runs its loop in parallel only where ``_OPENMP``
+    is defined when the extension is compiled (ATen's OpenMP backend is
+    inline in its headers); without ``-fopenmp`` the CPU kernels run on one
+    thread. Linked with it too, the extension needs ``libgomp.so.1``, which
+    resolves to the copy torch has already loaded. GCC on Linux only: Apple's
+    clang has no ``-fopenmp``, and there the kernels stay serial."""
+    return ["-fopenmp"] if sys.platform.startswith("linux") else []
+
+
 def compile_flags(root: str, with_cuda: bool, debug: bool = False) -> dict[str, list[str]]:
+    """Flags per tool: ``cxx`` and ``nvcc`` (compilers), ``ld`` (the linker)."""
     opt = ["-O0", "-g"] if debug else ["-O3"]
     defines = [f"-DFASTSEG_SOURCE_HASH={source_hash(root)}"]  # a bare token: no shell quoting
     if with_cuda:
         defines.append("-DFASTSEG_WITH_CUDA")
-    flags = {"cxx": opt + defines + ["-std=c++20"]}
+    flags = {"cxx": opt + defines + ["-std=c++20"] + openmp_flags(), "ld": openmp_flags()}
     if with_cuda:
         flags["nvcc"] = opt + defines + ["-std=c++20", "--expt-relaxed-constexpr"]
     return flags

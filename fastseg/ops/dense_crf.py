@@ -13,6 +13,12 @@ Batched: logits [B, L, *spatial] with an image [B, C, *spatial] of any
 number of channels, 2-D images and 3-D volumes (with a physical ``spacing``
 per axis). ``DenseCRF`` holds the compatibilities as learnable [L, L]
 parameters (CRF-as-RNN): gradients flow to them and to the logits.
+
+Where no gradient is wanted, the ``cpp`` backend runs every iteration in one
+op, ``fastseg::dense_crf_mean_field`` (registered here, with a fake): its
+splat, blur, slice, compatibility and softmax share buffers and passes that
+the differentiable composition of ``permutohedral_apply`` and PyTorch ops
+cannot. Its results equal that composition's up to float rounding.
 """
 
 import importlib
@@ -23,7 +29,7 @@ from numbers import Real
 import torch
 from torch import Tensor, nn
 
-from .. import _backend
+from .. import _backend, _compiled_ops
 from .._checks import FLOAT_DTYPES
 from .permutohedral_filter import BACKENDS as FILTER_BACKENDS
 from .permutohedral_filter import Lattice, build_lattice
@@ -72,13 +78,15 @@ def _check_inputs(logits, image, iterations, probabilities, kernel_params, spaci
         raise ValueError(f"logits must have at least one label, got shape {tuple(logits.shape)}")
     if math.prod(spatial) == 0:
         raise ValueError(f"logits must have at least one pixel per image, got shape {tuple(logits.shape)}")
-    if not torch.isfinite(logits).all():
+    # One pass for both checks: NaN propagates to the extremes, and an Inf is one.
+    lowest, highest = (float(extreme) for extreme in torch.aminmax(logits.detach()))
+    if not (math.isfinite(lowest) and math.isfinite(highest)):
         what = "probabilities" if probabilities else "logits"
         raise ValueError(f"logits: the {what} must be finite; they hold {int((~torch.isfinite(logits)).sum())} "
                          "NaN or Inf entries")
-    if probabilities and (logits.min() < 0 or logits.max() > 1):
+    if probabilities and (lowest < 0 or highest > 1):
         raise ValueError("logits: with probabilities=True they must lie in [0, 1], got values in "
-                         f"[{float(logits.min()):.4g}, {float(logits.max()):.4g}]")
+                         f"[{lowest:.4g}, {highest:.4g}]")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
     _check_positive(spacing, "spacing", len(spatial))
@@ -111,6 +119,43 @@ def _check_image(image, logits: Tensor) -> None:
         raise ValueError("image must be finite; it holds NaN or Inf entries")
 
 
+@torch.library.custom_op("fastseg::dense_crf_mean_field", mutates_args=())
+def _mean_field_op(unary: Tensor, vertex_of: list[Tensor], barycentric: list[Tensor], neighbors: list[Tensor],
+                   splat_order: list[Tensor], vertex_start: list[Tensor], compat: list[Tensor],
+                   iterations: int) -> Tensor:
+    return _compiled_ops.dense_crf_mean_field(unary, vertex_of, barycentric, neighbors, splat_order, vertex_start,
+                                              compat, iterations)
+
+
+@_mean_field_op.register_fake
+def _(unary, vertex_of, barycentric, neighbors, splat_order, vertex_start, compat, iterations):
+    batch, pixels, labels = unary.shape
+    return unary.new_empty((batch, labels, pixels)).transpose(1, 2)  # the op writes Q label-major
+
+
+def _normalized_filter(lattice: Lattice, like: Tensor):
+    # n K n, with n folded into the lattice's weights: splatting and
+    # slicing with n_i w_i instead of w_i normalises for free.
+    return lattice.reweighted(_reference.normalization(lattice.apply_flat, like)).apply_flat
+
+
+def _mean_field(unary: Tensor, kernels: list[tuple[Lattice, Tensor | float]], iterations: int,
+                backend: str) -> Tensor:
+    """``fastseg.reference.dense_crf.mean_field`` for kernels given as
+    (lattice, compatibility): in one op on the ``cpp`` backend where no
+    gradient is wanted (it normalises the lattices itself), through the
+    differentiable normalised filters otherwise."""
+    compats = [compat for _, compat in kernels]
+    wants_grad = torch.is_grad_enabled() and (
+        unary.requires_grad or any(isinstance(c, Tensor) and c.requires_grad for c in compats))
+    if backend != "cpp" or wants_grad:
+        filters = [(_normalized_filter(lattice, unary), compat) for lattice, compat in kernels]
+        return _reference.mean_field(unary, filters, iterations)
+    fields = [list(field) for field in zip(*(lattice.tensors for lattice, _ in kernels))] or [[]] * 5
+    compat_tensors = [torch.as_tensor(c, dtype=unary.dtype).contiguous() for c in compats]
+    return _mean_field_op(unary, *fields, compat_tensors, iterations)
+
+
 def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, probabilities: bool = False,
               gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0, bilateral_srgb=13.0,
               bilateral_compat=10.0, spacing=1.0, backend: str | None = None) -> Tensor:
@@ -139,15 +184,14 @@ def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, prob
     name = _backend.resolve_backend(FILTER_BACKENDS, backend, logits)
     spatial = tuple(logits.shape[2:])
 
-    def lattice_filter(features: Tensor):
-        # n K n, with n folded into the lattice's weights: splatting and
-        # slicing with n_i w_i instead of w_i normalises for free.
-        lattice: Lattice = build_lattice(features, spatial, name)
-        norm = _reference.normalization(lattice.apply_flat, features)
-        return lattice.reweighted(norm).apply_flat
+    def lattice_filter(features: Tensor) -> Lattice:
+        return build_lattice(features, spatial, name)
+
+    def solve(unary: Tensor, kernels, iterations: int) -> Tensor:
+        return _mean_field(unary, kernels, iterations, name)
 
     return _reference.run_dense_crf(logits, image, iterations, probabilities, kernel_params, spacing,
-                                    lattice_filter)
+                                    lattice_filter, solve)
 
 
 class DenseCRF(nn.Module):
