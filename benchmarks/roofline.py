@@ -588,7 +588,10 @@ def versions() -> dict:
 # its JSON, or the same fields gathered during a run): group, name,
 # stats.median and the extra_info the suite writes.
 
-BASELINE_IMPLEMENTATIONS = ("torch", "torch.compile")
+# The baseline a group's fastseg records are measured against: PyTorch's
+# own op, or pydensecrf for the dense CRF (BENCHMARKING.md).
+EAGER_IMPLEMENTATIONS = ("torch", "pydensecrf")
+BASELINE_IMPLEMENTATIONS = (*EAGER_IMPLEMENTATIONS, "torch.compile")
 
 
 def _groups(benchmarks) -> dict:
@@ -602,7 +605,7 @@ def _eager_baseline(record, members):
     """The group's PyTorch eager record in ``record``'s dtype and layout
     (like for like), else its first PyTorch record, else None. A pooling
     group holds one dtype and layout, so one PyTorch record."""
-    eager = [b for b in members if b["extra_info"].get("implementation") == "torch"]
+    eager = [b for b in members if b["extra_info"].get("implementation") in EAGER_IMPLEMENTATIONS]
     info = record["extra_info"]
     same = [b for b in eager if (b["extra_info"].get("dtype"), b["extra_info"].get("layout"))
             == (info.get("dtype"), info.get("layout"))]
@@ -659,7 +662,7 @@ def summary_lines(benchmarks) -> list[str]:
 def _rows(benchmarks):
     """(group, record, baseline record or None) for every fastseg record,
     the baseline being the PyTorch record of the same group."""
-    baselines = {b["group"]: b for b in benchmarks if b["extra_info"].get("implementation") == "torch"}
+    baselines = {b["group"]: b for b in benchmarks if b["extra_info"].get("implementation") in EAGER_IMPLEMENTATIONS}
     for b in benchmarks:
         if b["extra_info"].get("implementation") == "fastseg":
             yield b["group"], b, baselines.get(b["group"])
@@ -710,12 +713,30 @@ def conv_table(benchmarks) -> str:
     return "\n".join(rows) + "\n"
 
 
+def crf_table(benchmarks) -> str:
+    """BENCHMARKING.md's table for the dense-CRF suite: one row per fastseg
+    record beside pydensecrf in the same group, from measured records only."""
+    head = ("| scene | shape | labels | iterations | batch | fastseg | pydensecrf ms | fastseg ms | speed-up "
+            "| images/s | % of copy bandwidth |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = [head]
+    for _, b, base in _rows(benchmarks):
+        info, median = b["extra_info"], b["stats"]["median"]
+        base_ms = f"{base['stats']['median'] * 1e3:.1f}" if base else "not measured"
+        shape = "x".join(str(s) for s in info["shape"])
+        rows.append(f"| {info['scene']} | {shape} | {info['labels']} | {info['iterations']} | {info['batch']} "
+                    f"| {info['backend']} | {base_ms} | {median * 1e3:.1f} | {_speedup(base, median)} "
+                    f"| {info['batch'] / median:.1f} | {info['pct_of_copy_bandwidth']:.1f} |")
+    return "\n".join(rows) + "\n"
+
+
 def markdown_table(benchmarks) -> str:
     """The tables of the suites present in ``benchmarks``: pooling records
-    (with ``indices``) and conv records (with ``flops``)."""
+    (with ``indices``), conv records (with ``flops``) and dense-CRF records."""
     pools = [b for b in benchmarks if "indices" in b["extra_info"]]
     convs = [b for b in benchmarks if "flops" in b["extra_info"]]
-    tables = ([pool_table(pools)] if pools else []) + ([conv_table(convs)] if convs else [])
+    crfs = [b for b in benchmarks if b["extra_info"].get("op") == "dense_crf"]
+    tables = ([pool_table(pools)] if pools else []) + ([conv_table(convs)] if convs else []) \
+        + ([crf_table(crfs)] if crfs else [])
     return "\n".join(tables)
 
 

@@ -25,6 +25,27 @@
 namespace fastseg {
 namespace permutohedral {
 
+// a * b, never fused with a following add into one FMA. nvcc fuses by
+// default (-fmad=true) and x86-64 host compilers cannot (no FMA in the
+// baseline ISA); keeping every product separately rounded on the device
+// makes the CUDA lattice bit-identical to the CPU one (same simplices, so
+// the same vertices) and its filter outputs identical too.
+FASTSEG_HOST_DEVICE inline float mul_unfused(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+FASTSEG_HOST_DEVICE inline double mul_unfused(double a, double b) {
+#ifdef __CUDA_ARCH__
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
 // The factor that turns the mass-preserving splat/blur/slice into the
 // unnormalised Gaussian sum sum_j exp(-|f_i - f_j|^2 / 2) v_j: a unit
 // Gaussian integrates to (2 pi)^(d/2) and a lattice cell covers
@@ -47,16 +68,14 @@ FASTSEG_HOST_DEVICE scalar_t lift_scale(int d, int j) {
 // from), rank (the order of the point's residuals, a permutation of 0..d)
 // and barycentric (the weight of each of the d+1 corners).
 //
-// scale: the d values lift_scale(d, j), computed once by the caller (two
-// square roots per feature would cost as much as the rest of the lift).
 // elevated, rem0, rank: d+1 entries; barycentric: d+2 entries of scratch,
 // the first d+1 of which hold the result.
 template <typename scalar_t>
-FASTSEG_HOST_DEVICE void lift(const scalar_t* feature, int d, const scalar_t* scale, scalar_t* elevated) {
+FASTSEG_HOST_DEVICE void lift(const scalar_t* feature, int d, scalar_t* elevated) {
   scalar_t suffix = 0;  // sum of the scaled features after j
   for (int j = d; j >= 1; --j) {
-    const scalar_t scaled = feature[j - 1] * scale[j - 1];
-    elevated[j] = suffix - j * scaled;
+    const scalar_t scaled = mul_unfused(feature[j - 1], lift_scale<scalar_t>(d, j - 1));
+    elevated[j] = suffix - mul_unfused(static_cast<scalar_t>(j), scaled);
     suffix += scaled;
   }
   elevated[0] = suffix;
@@ -73,12 +92,13 @@ FASTSEG_HOST_DEVICE void enclosing_simplex(const scalar_t* elevated, int d, int3
   int32_t excess = 0;  // (sum of rem0) / (d+1): how far rem0 lies off the hyperplane
   for (int i = 0; i <= d; ++i) {
     // The nearest multiple of d+1, ties down: floor by truncation (the
-    // coordinates fit int32, see _MAX_LIFTED_SPREAD), then one step up
+    // coordinates fit int32, see _MAX_LIFTED), then one step up
     // where that is strictly nearer, as the reference's ceil/floor choice.
     const scalar_t scaled = elevated[i] / step;
     int32_t down = static_cast<int32_t>(scaled);
     down -= scaled < static_cast<scalar_t>(down);
-    const int32_t nearest = down + ((down + 1) * step - elevated[i] < elevated[i] - down * step);
+    const int32_t nearest = down + (mul_unfused(static_cast<scalar_t>(down + 1), step) - elevated[i] <
+                                     elevated[i] - mul_unfused(static_cast<scalar_t>(down), step));
     rem0[i] = nearest * (d + 1);
     excess += nearest;
     rank[i] = 0;
@@ -107,10 +127,16 @@ FASTSEG_HOST_DEVICE void enclosing_simplex(const scalar_t* elevated, int d, int3
   barycentric[0] += 1 + barycentric[d + 1];
 }
 
+// Coordinate i of corner r of the simplex: r added to rem0 where
+// rank <= d - r, r - (d+1) elsewhere.
+FASTSEG_HOST_DEVICE inline int32_t corner_coordinate(const int32_t* rem0, const int32_t* rank, int d, int r, int i) {
+  return rem0[i] + (rank[i] <= d - r ? r : r - (d + 1));
+}
+
 // The first d integer coordinates of corner r of the simplex (the last
-// follows: they sum to 0): r added where rank <= d - r, r - (d+1) elsewhere.
+// follows: they sum to 0).
 FASTSEG_HOST_DEVICE inline void corner_key(const int32_t* rem0, const int32_t* rank, int d, int r, int32_t* key) {
-  for (int i = 0; i < d; ++i) key[i] = rem0[i] + (rank[i] <= d - r ? r : r - (d + 1));
+  for (int i = 0; i < d; ++i) key[i] = corner_coordinate(rem0, rank, d, r, i);
 }
 
 // The key of a neighbour of `key` along lattice direction j: every

@@ -1,7 +1,9 @@
-"""Command line: ``python -m fastseg info`` and ``python -m fastseg demo``."""
+"""Command line: ``python -m fastseg info``, ``demo`` and ``crf``."""
 
 import argparse
 import sys
+
+from fastseg import _crf_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -9,7 +11,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="versions, devices and which backends can run here, and why not")
     demo = commands.add_parser("demo", help="SegNet pool/unpool round trip on an embedded image, every backend")
-    demo.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is a GPU)")
+    crf = commands.add_parser("crf", help="refine a folder of images' probability maps (or label images) with a "
+                              "dense CRF; write label PNGs", description=_crf_cli.__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    _crf_cli.add_arguments(crf)
+    for command in (demo, crf):
+        command.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is a GPU)")
     args = parser.parse_args(argv)
 
     import torch
@@ -25,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--device must be cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA GPU is visible to PyTorch")
+    if args.command == "crf":
+        try:
+            return _crf_cli.run(args, device)
+        except _crf_cli.UsageError as error:
+            crf.error(str(error))
     return 0 if _demo.run(device) else 1
 
 

@@ -1,6 +1,8 @@
 """Input validation shared by every op: run before any kernel, raise a
 ``TypeError``/``ValueError`` that names the argument and what was expected."""
 
+from numbers import Real
+
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -33,3 +35,8 @@ def int_pair(value, name: str, minimum: int) -> tuple[int, int]:
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return pair
+
+
+def is_number(value) -> bool:
+    """A real number that is not a bool (True is an int to Python)."""
+    return isinstance(value, Real) and not isinstance(value, bool)

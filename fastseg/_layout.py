@@ -4,10 +4,11 @@ import torch
 
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
-    """channels_last when ``x`` is laid out so (and not also plain
-    contiguous, which size-1 dims allow), else contiguous."""
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
+    """channels_last (channels_last_3d for 5-D) when ``x`` is laid out so
+    (and not also plain contiguous, which size-1 dims allow), else contiguous."""
+    for channels_last, rank in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
+        if x.dim() == rank and not x.is_contiguous() and x.is_contiguous(memory_format=channels_last):
+            return channels_last
     return torch.contiguous_format
 
 

@@ -151,11 +151,12 @@ constexpr int64_t kSimplexBlock = 64;  // pixels per call of find_simplices
 // vector form, becomes a select per slot: a slot gets exactly one residual
 // added and one subtracted, and that sum does not depend on their order.
 template <typename scalar_t, int D>
-FASTSEG_WITH_AVX2_CLONE void find_simplices(const scalar_t* features, int64_t count, FixedDim<D>,
-                                            const scalar_t* scale, int32_t* simplex, scalar_t* barycentric) {
+FASTSEG_WITH_AVX2_CLONE void find_simplices(const scalar_t* features, int64_t count, FixedDim<D>, int32_t* simplex,
+                                            scalar_t* barycentric) {
   constexpr int C = D + 1, B = kSimplexBlock;
   const scalar_t step = C;
-  scalar_t feature[D][B], elevated[C][B], suffix[B], residual[C][B], by_slot[C][B];
+  scalar_t scale[D], feature[D][B], elevated[C][B], suffix[B], residual[C][B], by_slot[C][B];
+  for (int k = 0; k < D; ++k) scale[k] = lift_scale<scalar_t>(D, k);
   int32_t rem0[C][B], rank[C][B], slot[C][B], excess[B];
   for (int j = 0; j < B; ++j) {
     for (int k = 0; k < D; ++k) feature[k][j] = j < count ? features[j * D + k] : scalar_t(0);
@@ -218,12 +219,11 @@ FASTSEG_WITH_AVX2_CLONE void find_simplices(const scalar_t* features, int64_t co
 
 // The same for any d, pixel by pixel.
 template <typename scalar_t>
-void find_simplices(const scalar_t* features, int64_t count, AnyDim d, const scalar_t* scale, int32_t* simplex,
-                    scalar_t* barycentric) {
+void find_simplices(const scalar_t* features, int64_t count, AnyDim d, int32_t* simplex, scalar_t* barycentric) {
   const int corners = d + 1;
   std::vector<scalar_t> elevated(corners), weights(corners + 1);
   for (int64_t j = 0; j < count; ++j) {
-    lift(features + j * d, d, scale, elevated.data());
+    lift(features + j * d, d, elevated.data());
     enclosing_simplex(elevated.data(), d, simplex + j * 2 * corners, simplex + j * 2 * corners + corners,
                       weights.data());
     std::copy_n(weights.begin(), corners, barycentric + j * corners);
@@ -239,7 +239,6 @@ void number_vertices(const scalar_t* features,  // [N, d]
                      int64_t begin,
                      int64_t end,
                      Dim d,
-                     const scalar_t* scale,      // [d]: lift_scale
                      VertexTable<Dim>& table,
                      int32_t* vertex_of,         // [N, d+1]
                      scalar_t* barycentric) {    // [N, d+1]
@@ -249,7 +248,7 @@ void number_vertices(const scalar_t* features,  // [N, d]
   std::vector<uint64_t> hashes(corners);
   for (int64_t first = begin; first < end; first += kSimplexBlock) {
     const int64_t count = std::min(kSimplexBlock, end - first);
-    find_simplices(features + first * d, count, d, scale, simplices.data(), barycentric + first * corners);
+    find_simplices(features + first * d, count, d, simplices.data(), barycentric + first * corners);
     for (int64_t p = first; p < first + count; ++p) {
       const int32_t* simplex = &simplices[(p - first) * 2 * corners];
       int32_t* vertices = vertex_of + p * corners;
@@ -292,15 +291,13 @@ ImageLattice build_image(const scalar_t* features,  // [N, d]
                          scalar_t* barycentric) {   // [N, d+1]
   constexpr int64_t min_chunk = 4096;  // pixels: below this a chunk costs more to merge than it saves
   const int corners = d + 1;
-  std::vector<scalar_t> scale(d);
-  for (int j = 0; j < d; ++j) scale[j] = lift_scale<scalar_t>(d, j);
   const int64_t chunks = std::clamp<int64_t>(pixels / min_chunk, 1, at::get_num_threads());
   const int64_t chunk_pixels = (pixels + chunks - 1) / chunks;
   std::vector<VertexTable<Dim>> tables(chunks, VertexTable<Dim>(d));
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      number_vertices(features, c * chunk_pixels, std::min(pixels, (c + 1) * chunk_pixels), d, scale.data(),
-                      tables[c], vertex_of, barycentric);
+      number_vertices(features, c * chunk_pixels, std::min(pixels, (c + 1) * chunk_pixels), d, tables[c], vertex_of,
+                      barycentric);
     }
   });
 

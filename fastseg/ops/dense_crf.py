@@ -23,30 +23,24 @@ cannot. Its results equal that composition's up to float rounding.
 
 import importlib
 import math
-from collections.abc import Sequence
-from numbers import Real
 
 import torch
 from torch import Tensor, nn
 
 from .. import _backend, _compiled_ops
-from .._checks import FLOAT_DTYPES
+from .._checks import FLOAT_DTYPES, is_number
 from .permutohedral_filter import BACKENDS as FILTER_BACKENDS
-from .permutohedral_filter import Lattice, build_lattice
+from .permutohedral_filter import Lattice, build_lattice, check_finite, uncovered
 
 _reference = importlib.import_module("fastseg.reference.dense_crf")  # the module, not its function
 
 IMAGE_DTYPES = (torch.uint8, *FLOAT_DTYPES)
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
 def _check_positive(value, name: str, count: int) -> None:
     """A positive number, or ``count`` of them."""
-    values = [value] if _is_number(value) else value
-    if not isinstance(values, (list, tuple, torch.Size)) or not all(_is_number(v) for v in values):
+    values = [value] if is_number(value) else value
+    if not isinstance(values, (list, tuple, torch.Size)) or not all(is_number(v) for v in values):
         raise TypeError(f"{name} must be a positive number or a sequence of {count}, got {value!r}")
     if len(values) not in (1, count):
         raise ValueError(f"{name} must be one positive number or {count} of them, got {value!r}")
@@ -61,7 +55,7 @@ def _check_compat(compat, name: str, labels: int) -> None:
                              f"got shape {tuple(compat.shape)}")
         if not compat.is_floating_point() or not torch.isfinite(compat).all():
             raise ValueError(f"{name} must hold finite floating-point values")
-    elif not _is_number(compat) or not math.isfinite(compat):
+    elif not is_number(compat) or not math.isfinite(compat):
         raise TypeError(f"{name} must be a finite number (Potts weight) or an [L, L] tensor, got {compat!r}")
 
 
@@ -78,15 +72,10 @@ def _check_inputs(logits, image, iterations, probabilities, kernel_params, spaci
         raise ValueError(f"logits must have at least one label, got shape {tuple(logits.shape)}")
     if math.prod(spatial) == 0:
         raise ValueError(f"logits must have at least one pixel per image, got shape {tuple(logits.shape)}")
-    # One pass for both checks: NaN propagates to the extremes, and an Inf is one.
-    lowest, highest = (float(extreme) for extreme in torch.aminmax(logits.detach()))
-    if not (math.isfinite(lowest) and math.isfinite(highest)):
-        what = "probabilities" if probabilities else "logits"
-        raise ValueError(f"logits: the {what} must be finite; they hold {int((~torch.isfinite(logits)).sum())} "
-                         "NaN or Inf entries")
-    if probabilities and (lowest < 0 or highest > 1):
+    extremes = check_finite(logits, "logits")
+    if probabilities and extremes is not None and (extremes[0] < 0 or extremes[1] > 1):
         raise ValueError("logits: with probabilities=True they must lie in [0, 1], got values in "
-                         f"[{lowest:.4g}, {highest:.4g}]")
+                         f"[{extremes[0]:.4g}, {extremes[1]:.4g}]")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
     _check_positive(spacing, "spacing", len(spatial))
@@ -115,8 +104,8 @@ def _check_image(image, logits: Tensor) -> None:
         raise ValueError(f"image must have at least one channel, got shape {tuple(image.shape)}")
     if image.device != logits.device:
         raise ValueError(f"image must be on the device of logits {logits.device}, got {image.device}")
-    if image.is_floating_point() and not torch.isfinite(image).all():
-        raise ValueError("image must be finite; it holds NaN or Inf entries")
+    if image.is_floating_point():
+        check_finite(image, "image")
 
 
 @torch.library.custom_op("fastseg::dense_crf_mean_field", mutates_args=())
@@ -181,8 +170,12 @@ def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, prob
     """
     kernel_params = ((gaussian_sxy, None, gaussian_compat), (bilateral_sxy, bilateral_srgb, bilateral_compat))
     _check_inputs(logits, image, iterations, probabilities, kernel_params, spacing)
-    name = _backend.resolve_backend(FILTER_BACKENDS, backend, logits)
+    # The bilateral kernel has the most features: positions and colours.
+    features = logits.dim() - 2 + (image.shape[1] if image is not None else 0)
+    name = _backend.resolve_backend(FILTER_BACKENDS, backend, logits, uncovered=uncovered(features))
     spatial = tuple(logits.shape[2:])
+    if logits.shape[0] == 0:  # only the batch may be empty, as in PyTorch
+        return torch.empty_like(logits)
 
     def lattice_filter(features: Tensor) -> Lattice:
         return build_lattice(features, spatial, name)

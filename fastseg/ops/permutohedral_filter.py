@@ -44,16 +44,26 @@ from torch import Tensor
 
 from .. import _backend, _compiled_ops
 from .._checks import FLOAT_DTYPES, check_tensor
+from .._layout import memory_format_of
 from ..reference.permutohedral_filter import LatticeTensors
 
 _reference = importlib.import_module("fastseg.reference.permutohedral_filter")  # the module, not its function
 
 BACKENDS = _backend.register("permutohedral_filter", {"cuda": ("cuda",), "cpu": ("cpp",)})
 
-# The lift multiplies a feature spread s by at most sqrt(2/3) (d+1) s; past
-# this the float32 barycentric weights lose their precision (and int32 keys
-# their range long after).
-_MAX_LIFTED_SPREAD = 2.0**22
+# The lift scales feature vectors by sqrt(2/3) (d+1). Lattice cells are d+1
+# wide there, so float32 keeps the barycentric weights to about 1% up to
+# 2^16; float64 goes as far as the int32 keys do.
+_MAX_LIFTED = {torch.float32: 2.0**16, torch.float64: 2.0**30}
+
+
+# csrc/cuda/permutohedral_filter.cuh: its per-thread arrays are compiled up to this d.
+CUDA_MAX_D = 64
+
+
+def uncovered(d: int) -> tuple[tuple[str, str], ...]:
+    """The backends that cannot build a lattice of d features, with why."""
+    return (("cuda", f"the CUDA lattice takes at most {CUDA_MAX_D} features, got d={d}"),) if d > CUDA_MAX_D else ()
 
 
 def _implementation(backend: str):
@@ -64,6 +74,8 @@ def _implementation(backend: str):
 
 @torch.library.custom_op("fastseg::permutohedral_lattice", mutates_args=())
 def _lattice_op(features: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    # Checked here, where the values are at hand also inside a compiled graph.
+    check_lattice_range(features)
     return tuple(_implementation(backend).build_lattice(features))
 
 
@@ -151,42 +163,50 @@ class Lattice:
         if values.device != self.tensors.vertex_of.device:
             raise ValueError(f"values must be on the lattice's device {self.tensors.vertex_of.device}, "
                              f"got {values.device}")
-        _check_finite(values, "values")
+        check_finite(values, "values")
         flat = values.reshape(*values.shape[:2], -1).transpose(1, 2)
         out = self.apply_flat(flat.to(self.tensors.barycentric.dtype).contiguous())
         # [B, N, C] is already channels-last memory: as [B, C, *spatial] it
         # needs a copy only when the input was not laid out so.
         out = out.view(self.batch, *self.spatial_shape, -1).movedim(-1, 1).to(values.dtype)
-        return out.contiguous(memory_format=_memory_format_of(values))
+        return out.contiguous(memory_format=memory_format_of(values))
 
 
-def _memory_format_of(x: Tensor) -> torch.memory_format:
-    for channels_last, rank in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
-        if x.dim() == rank and not x.is_contiguous() and x.is_contiguous(memory_format=channels_last):
-            return channels_last
-    return torch.contiguous_format
-
-
-def _check_finite(t: Tensor, name: str) -> None:
-    if not torch.isfinite(t).all():
+def check_finite(t: Tensor, name: str) -> tuple[float, float] | None:
+    """A data-dependent check: made in eager mode; a compiled graph lets NaN
+    and Inf through (they reach the output) rather than break the graph.
+    Returns t's (min, max) where it checked: one pass over t finds both and
+    the NaN and Inf, which propagate to the extremes (isfinite().all()
+    would cost a pass of its own, and ten times the time)."""
+    if torch.compiler.is_compiling() or t.numel() == 0:
+        return None
+    lowest, highest = (float(extreme) for extreme in torch.aminmax(t.detach()))
+    if not (math.isfinite(lowest) and math.isfinite(highest)):
         raise ValueError(f"{name} must be finite; it holds {int((~torch.isfinite(t)).sum())} NaN or Inf entries")
+    return lowest, highest
+
+
+def check_lattice_range(flat: Tensor) -> None:
+    """Features [B, N, d] must lie where the lattice resolves them in their
+    dtype (float32 or float64).
+
+    They are never shifted towards 0: the Gaussian would not see it, but
+    the lattice is a fixed grid in feature space, and Krähenbühl's code
+    (so pydensecrf) rounds the features as they are."""
+    if flat.numel() == 0:
+        return
+    d = flat.shape[-1]
+    longest = float(flat.square().sum(-1).max().sqrt())
+    if math.sqrt(2.0 / 3.0) * (d + 1) * longest > _MAX_LIFTED[flat.dtype]:
+        limit = _MAX_LIFTED[flat.dtype] / math.sqrt(2.0 / 3.0) / (d + 1)
+        raise ValueError(f"features reach {longest:.4g} standard deviations from 0, beyond the {limit:.4g} that the "
+                         f"lattice resolves in {str(flat.dtype).removeprefix('torch.')} at d={d}; use larger "
+                         "standard deviations, features closer to 0, or float64 features")
 
 
 def flat_features(features: Tensor, dtype: torch.dtype) -> Tensor:
-    """[B, d, *spatial] -> [B, N, d] in ``dtype``, shifted to start at 0 per
-    image and channel: the Gaussian does not see the shift, and small
-    coordinates are where float rounding is finest."""
-    flat = features.reshape(*features.shape[:2], -1).transpose(1, 2).to(dtype)
-    if flat.numel() == 0:
-        return flat.contiguous()
-    flat = flat - flat.amin(1, keepdim=True)
-    spread = flat.amax(1).square().sum(-1).sqrt().max()  # the longest diagonal of a batch image's feature box
-    lifted = math.sqrt(2.0 / 3.0) * (features.shape[1] + 1) * float(spread)
-    if lifted > _MAX_LIFTED_SPREAD:
-        raise ValueError(f"features span {float(spread):.4g} standard deviations within one image, too far for the "
-                         f"lattice's coordinates (at most {_MAX_LIFTED_SPREAD / math.sqrt(2 / 3) / (features.shape[1] + 1):.4g} "
-                         "for this d); divide them by larger standard deviations")
-    return flat.contiguous()
+    """[B, d, *spatial] -> [B, N, d] in ``dtype``, the layout the lattice takes."""
+    return features.reshape(*features.shape[:2], -1).transpose(1, 2).to(dtype).contiguous()
 
 
 def check_features(features: Tensor, batch: int | None = None, spatial_shape: tuple[int, ...] | None = None) -> None:
@@ -210,7 +230,7 @@ def check_features(features: Tensor, batch: int | None = None, spatial_shape: tu
     if features.requires_grad and torch.is_grad_enabled():
         raise ValueError("features: gradients with respect to the features are not supported; pass "
                          "features.detach() (gradients flow to the values)")
-    _check_finite(features, "features")
+    check_finite(features, "features")
 
 
 def permutohedral_lattice(features: Tensor, *, backend: str | None = None) -> Lattice:
@@ -219,7 +239,7 @@ def permutohedral_lattice(features: Tensor, *, backend: str | None = None) -> La
     the features are float64, float32 otherwise."""
     check_features(features)
     return build_lattice(flat_features(features, compute_dtype(features)), tuple(features.shape[2:]),
-                         _backend.resolve_backend(BACKENDS, backend, features))
+                         _backend.resolve_backend(BACKENDS, backend, features, uncovered=uncovered(features.shape[1])))
 
 
 def build_lattice(flat: Tensor, spatial_shape: tuple[int, ...], backend: str) -> Lattice:
@@ -241,9 +261,13 @@ def permutohedral_filter(values: Tensor, features: Tensor, *, backend: str | Non
     Differentiable with respect to ``values``.
     """
     check_tensor(values, "values", tuple(range(3, 9)), FLOAT_DTYPES)
-    check_features(features, values.shape[0], tuple(values.shape[2:]))
-    if features.device != values.device:
+    if values.shape[1] == 0:
+        raise ValueError(f"values must have at least one channel, got shape {tuple(values.shape)}")
+    if isinstance(features, Tensor) and features.device != values.device:
         raise ValueError(f"features must be on the device of values {values.device}, got {features.device}")
-    name = _backend.resolve_backend(BACKENDS, backend, values, features)
+    check_features(features, values.shape[0], tuple(values.shape[2:]))
+    if values.shape[0] == 0:  # only the batch may be empty, as in PyTorch
+        return torch.empty_like(values)
+    name = _backend.resolve_backend(BACKENDS, backend, values, features, uncovered=uncovered(features.shape[1]))
     lattice = build_lattice(flat_features(features, compute_dtype(values, features)), tuple(values.shape[2:]), name)
     return lattice(values)

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .._layout import memory_format_of
+
 from .permutohedral_filter import apply_lattice, build_lattice
 
 # pydensecrf's unary_from_softmax clips probabilities here before the log.
@@ -66,22 +68,30 @@ def normalized_filter(filter_values: Filter, like: torch.Tensor) -> Filter:
     return lambda q: norm * filter_values(norm * q)
 
 
+def mean_field_energy(unary: torch.Tensor, kernels: Sequence[tuple[Filter, torch.Tensor | float]],
+                      q: torch.Tensor) -> torch.Tensor:
+    """The energy [B, N, L] whose softmax(-energy) is the next Q: the unary
+    plus each kernel's message through its compatibility, a Potts weight or
+    a symmetric [L, L] matrix."""
+    energy = unary
+    for filter_values, compat in kernels:
+        message = filter_values(q)
+        if isinstance(compat, torch.Tensor):
+            energy = energy + message @ compat  # compat is symmetric: Q mu^T = Q mu
+        else:
+            # Potts: mu = w (1 - I) adds w * sum_l' message_l' - w * message_l;
+            # the sum is the same for every label, which softmax ignores.
+            energy = energy - compat * message
+    return energy
+
+
 def mean_field(unary: torch.Tensor, kernels: Sequence[tuple[Filter, torch.Tensor | float]],
                iterations: int) -> torch.Tensor:
-    """unary [B, N, L]; kernels: (normalised filter, compatibility) pairs,
-    the compatibility a Potts weight or a symmetric [L, L] matrix -> Q [B, N, L]."""
+    """unary [B, N, L]; kernels: (normalised filter, compatibility) pairs
+    as ``mean_field_energy`` takes them -> Q [B, N, L]."""
     q = torch.softmax(-unary, dim=-1)
     for _ in range(iterations):
-        energy = unary
-        for filter_values, compat in kernels:
-            message = filter_values(q)
-            if isinstance(compat, torch.Tensor):
-                energy = energy + message @ compat  # compat is symmetric: Q mu^T = Q mu
-            else:
-                # Potts: mu = w (1 - I) adds w * sum_l' message_l' - w * message_l;
-                # the sum is the same for every label, which softmax ignores.
-                energy = energy - compat * message
-        q = torch.softmax(-energy, dim=-1)
+        q = torch.softmax(-mean_field_energy(unary, kernels, q), dim=-1)
     return q
 
 
@@ -96,15 +106,18 @@ def kernel_features(image: torch.Tensor | None, spatial: Sequence[int], batch: i
                     dtype, device) -> torch.Tensor:
     """[B, N, d] features of one kernel: positions (index * spacing / sxy
     per axis), then the image's channels / srgb for a bilateral kernel
-    (srgb not None); shifted to start at 0 per image (the lattice's
-    coordinates stay small; the Gaussian does not see the shift)."""
+    (srgb not None).
+
+    The positions go last axis first (x, y, ...) and nothing is shifted, as
+    in Krähenbühl's DenseCRF2D: the lattice is a fixed grid in feature
+    space, so its rounding, and with it the labels where they hang on the
+    smallest differences, follows pydensecrf's only for the same features."""
     scale = [s / sigma for s, sigma in zip(per_axis(spacing, len(spatial)), per_axis(sxy, len(spatial)))]
-    features = position_features(spatial, scale, dtype, device).expand(batch, -1, *spatial)
+    features = position_features(spatial, scale, dtype, device).flip(0).expand(batch, -1, *spatial)
     if srgb is not None:
         colour_scale = torch.tensor(per_axis(srgb, image.shape[1]), dtype=dtype, device=device)
         features = torch.cat([features, image.to(dtype) / colour_scale.view(1, -1, *[1] * len(spatial))], dim=1)
-    flat = features.reshape(batch, features.shape[1], -1).transpose(1, 2)
-    return (flat - flat.amin(1, keepdim=True)).contiguous()
+    return features.reshape(batch, features.shape[1], -1).transpose(1, 2).contiguous()
 
 
 def run_dense_crf(logits: torch.Tensor, image: torch.Tensor | None, iterations: int, probabilities: bool,
@@ -127,8 +140,9 @@ def run_dense_crf(logits: torch.Tensor, image: torch.Tensor | None, iterations: 
             continue
         features = kernel_features(image, spatial, batch, spacing, sxy, srgb, dtype, logits.device)
         kernels.append((lattice_filter(features), symmetric_compat(compat, dtype, logits.device)))
-    q = solve(unary, kernels, iterations)
-    return q.transpose(1, 2).reshape(logits.shape).to(logits.dtype)
+    q = solve(unary, kernels, iterations)  # [B, N, L], in the memory layout solve chose
+    q = q.reshape(batch, *spatial, labels).movedim(-1, 1).to(logits.dtype)
+    return q.contiguous(memory_format=memory_format_of(logits))
 
 
 def _reference_filter(features: torch.Tensor) -> Filter:

@@ -125,6 +125,48 @@ def _corner_keys(rem0: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
     return rem0.unsqueeze(1) + shift
 
 
+def _row_codes(rows: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor | None:
+    """One int64 per integer row of ``rows`` [K, c] (column i within
+    [low_i, high_i]) that sorts as the rows do lexicographically: the rows
+    as digits of a mixed-radix number. None where that needs over 62 bits."""
+    radix = (high - low + 1).tolist()
+    if math.prod(radix) >= 2**62:
+        return None
+    strides = [math.prod(radix[i + 1:]) for i in range(len(radix))]
+    return ((rows - low) * torch.tensor(strides, device=rows.device)).sum(1)
+
+
+def _number_vertices(keys: torch.Tensor, neighbor_steps: torch.Tensor):
+    """Number the distinct rows of ``keys`` [K, c] in lexicographic order
+    and find each one's neighbours ``key +- step`` for the steps [S, c].
+    Returns (number of each key [K], neighbours [S, M, 2], -1 where absent).
+
+    Rows coded as single integers sort and search fast; the exact
+    row-wise unique is the fallback where the codes would not fit."""
+    margin = neighbor_steps.abs().amax(0)
+    low, high = keys.amin(0) - margin, keys.amax(0) + margin
+    codes = _row_codes(keys, low, high)
+    if codes is None:
+        vertex_keys, vertex_of = torch.unique(keys, dim=0, return_inverse=True)
+    else:
+        vertex_codes, vertex_of = torch.unique(codes, return_inverse=True)
+        vertex_keys = torch.zeros(vertex_codes.shape[0], keys.shape[1], dtype=keys.dtype, device=keys.device)
+        vertex_keys[vertex_of] = keys  # every copy of a key writes the same row
+    steps = neighbor_steps.unsqueeze(1)
+    candidates = torch.stack([vertex_keys + steps, vertex_keys - steps], dim=2)  # [S, M, 2, c]
+    flat = candidates.reshape(-1, keys.shape[1])
+    if codes is None:
+        everything, found = torch.unique(torch.cat([vertex_keys, flat]), dim=0, return_inverse=True)
+        index_of = torch.full((everything.shape[0],), -1, dtype=torch.long, device=keys.device)
+        index_of[found[: vertex_keys.shape[0]]] = torch.arange(vertex_keys.shape[0], device=keys.device)
+        neighbors = index_of[found[vertex_keys.shape[0]:]]
+    else:
+        wanted = _row_codes(flat, low, high)
+        position = torch.searchsorted(vertex_codes, wanted).clamp(max=vertex_codes.shape[0] - 1)
+        neighbors = torch.where(vertex_codes[position] == wanted, position, -1)
+    return vertex_of, neighbors.view(candidates.shape[:3])
+
+
 def build_lattice(features: torch.Tensor) -> LatticeTensors:
     """The lattice of a batch of feature maps. features [B, N, d] (float32
     or float64, the precision of the barycentric weights)."""
@@ -137,28 +179,20 @@ def build_lattice(features: torch.Tensor) -> LatticeTensors:
     # coordinate follows from the others (they sum to 0) and is dropped.
     image = torch.arange(batch, device=device).repeat_interleave(pixels * (d + 1)).unsqueeze(1)
     keys = torch.cat([image, keys[..., :d].reshape(-1, d)], dim=1)  # [B*N*(d+1), d+1]
-    vertex_keys, vertex_of = torch.unique(keys, dim=0, return_inverse=True)
-    vertices = vertex_keys.shape[0]
-
     # Neighbours along direction j differ by -1 in every coordinate but j,
     # which differs by +d (the last, implicit coordinate is direction d).
     step = torch.full((d + 1, d), -1, dtype=torch.long, device=device)
     step[torch.arange(d), torch.arange(d)] = d
     step = torch.cat([torch.zeros(d + 1, 1, dtype=torch.long, device=device), step], dim=1)  # image unchanged
-    candidates = torch.stack([vertex_keys.unsqueeze(0) + step.unsqueeze(1),
-                              vertex_keys.unsqueeze(0) - step.unsqueeze(1)], dim=2)  # [d+1, M, 2, d+1]
-    every_key, found = torch.unique(torch.cat([vertex_keys, candidates.reshape(-1, d + 1)]), dim=0,
-                                    return_inverse=True)
-    vertex_at = torch.full((every_key.shape[0],), -1, dtype=torch.long, device=device)
-    vertex_at[found[:vertices]] = torch.arange(vertices, device=device)
-    neighbors = vertex_at[found[vertices:]].view(d + 1, vertices, 2)
+    vertex_of, neighbors = _number_vertices(keys, step)
+    vertices = neighbors.shape[1]
 
     splat_order = torch.sort(vertex_of, stable=True).indices
     vertex_start = torch.zeros(vertices + 1, dtype=torch.long, device=device)
     vertex_start[1:] = torch.cumsum(torch.bincount(vertex_of, minlength=vertices), 0)
     return LatticeTensors(
         vertex_of=vertex_of.view(batch, pixels, d + 1).int(),
-        barycentric=barycentric.view(batch, pixels, d + 1),
+        barycentric=barycentric.reshape(batch, pixels, d + 1).contiguous(),  # a slice of d+2 columns
         neighbors=neighbors.int(),
         splat_order=splat_order.int(),
         vertex_start=vertex_start.int(),
@@ -196,10 +230,7 @@ def permutohedral_filter(values: torch.Tensor, features: torch.Tensor) -> torch.
     batch, channels = values.shape[:2]
     d = features.shape[1]
     compute = torch.float64 if features.dtype == torch.float64 else torch.float32
-    flat_features = features.reshape(batch, d, -1).transpose(1, 2).to(compute)
-    # The Gaussian is translation-invariant: centring keeps the lattice's
-    # coordinates small, where float rounding is finest.
-    flat_features = flat_features - flat_features.amin(1, keepdim=True)
+    flat_features = features.reshape(batch, d, -1).transpose(1, 2).to(compute).contiguous()
     flat_values = values.reshape(batch, channels, -1).transpose(1, 2).to(compute)
     out = apply_lattice(flat_values, build_lattice(flat_features))
     return out.transpose(1, 2).reshape(values.shape).to(values.dtype)
