@@ -31,8 +31,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <memory>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -105,16 +107,22 @@ constexpr int kVectorBytes = 32;
 }  // namespace avx2
 #pragma GCC pop_options
 
-bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
+// Where the CPU has AVX2 and FMA, unless ATEN_CPU_CAPABILITY=default asks
+// for the baseline, as it does of PyTorch's own kernels.
+bool use_avx2() {
+  static const bool use = [] {
+    const char* capability = std::getenv("ATEN_CPU_CAPABILITY");
+    if (capability != nullptr && std::string_view(capability) == "default") return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return use;
 }
 #endif
 
 template <typename scalar_t>
 void run_mean_field(MeanFieldArgs<scalar_t>& args, scalar_t* q) {
 #if FASTSEG_AVX2_KERNELS
-  if (cpu_has_avx2()) return avx2::mean_field(args, q);
+  if (use_avx2()) return avx2::mean_field(args, q);
 #endif
   portable::mean_field(args, q);
 }
