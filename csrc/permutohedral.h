@@ -81,42 +81,45 @@ FASTSEG_HOST_DEVICE void lift(const scalar_t* feature, int d, scalar_t* elevated
   elevated[0] = suffix;
 }
 
+// Branch-free where the data decides (which way to round, how residuals
+// compare): those branches go either way at random and mispredicting them
+// cost more than all the arithmetic. The results are bit for bit those of
+// the reference's formulas.
 template <typename scalar_t>
 FASTSEG_HOST_DEVICE void enclosing_simplex(const scalar_t* elevated, int d, int32_t* rem0, int32_t* rank,
                                            scalar_t* barycentric) {
   const scalar_t step = static_cast<scalar_t>(d + 1);
   int32_t excess = 0;  // (sum of rem0) / (d+1): how far rem0 lies off the hyperplane
   for (int i = 0; i <= d; ++i) {
+    // The nearest multiple of d+1, ties down: floor by truncation (the
+    // coordinates fit int32, see _MAX_LIFTED), then one step up
+    // where that is strictly nearer, as the reference's ceil/floor choice.
     const scalar_t scaled = elevated[i] / step;
-    const scalar_t up = mul_unfused(std::ceil(scaled), step), down = mul_unfused(std::floor(scaled), step);
-    rem0[i] = static_cast<int32_t>(up - elevated[i] < elevated[i] - down ? up : down);
-    excess += rem0[i];
+    int32_t down = static_cast<int32_t>(scaled);
+    down -= scaled < static_cast<scalar_t>(down);
+    const int32_t nearest = down + (mul_unfused(static_cast<scalar_t>(down + 1), step) - elevated[i] <
+                                     elevated[i] - mul_unfused(static_cast<scalar_t>(down), step));
+    rem0[i] = nearest * (d + 1);
+    excess += nearest;
     rank[i] = 0;
   }
-  excess /= d + 1;
   // Ties go to the lower index, so that the ranks are a permutation.
   for (int i = 0; i < d; ++i) {
     const scalar_t residual = elevated[i] - rem0[i];
     for (int j = i + 1; j <= d; ++j) {
-      if (residual < elevated[j] - rem0[j]) {
-        ++rank[i];
-      } else {
-        ++rank[j];
-      }
-    }
-  }
-  for (int i = 0; i <= d; ++i) {
-    rank[i] += excess;
-    if (rank[i] < 0) {
-      rank[i] += d + 1;
-      rem0[i] += d + 1;
-    } else if (rank[i] > d) {
-      rank[i] -= d + 1;
-      rem0[i] -= d + 1;
+      const int32_t below = residual < elevated[j] - rem0[j];
+      rank[i] += below;
+      rank[j] += 1 - below;
     }
   }
   for (int i = 0; i <= d + 1; ++i) barycentric[i] = 0;
   for (int i = 0; i <= d; ++i) {
+    // rem0 need not lie on the hyperplane: walk it back, wrapping the ranks
+    // that leave 0..d around (by one multiple of d+1 at most).
+    const int32_t shifted = rank[i] + excess;
+    const int32_t wrap = static_cast<int32_t>(shifted < 0) - static_cast<int32_t>(shifted > d);
+    rank[i] = shifted + wrap * (d + 1);
+    rem0[i] += wrap * (d + 1);
     const scalar_t residual = (elevated[i] - rem0[i]) / step;
     barycentric[d - rank[i]] += residual;
     barycentric[d - rank[i] + 1] -= residual;
@@ -144,15 +147,19 @@ FASTSEG_HOST_DEVICE inline void neighbor_key(const int32_t* key, int d, int j, i
   for (int i = 0; i < d; ++i) out[i] = key[i] + sign * (i == j ? d : -1);
 }
 
-// A 64-bit hash of a d-coordinate key for open addressing.
+// A 64-bit hash of a d-coordinate key for open addressing: each coordinate
+// times its own odd constant (independent multiplications that overlap,
+// rather than a chain through every coordinate), then splitmix64's finaliser
+// to mix the sum into the low bits that pick the slot.
 FASTSEG_HOST_DEVICE inline uint64_t hash_key(const int32_t* key, int d) {
-  uint64_t h = 0x9E3779B97F4A7C15ull;
+  uint64_t h = 0, factor = 0x9E3779B97F4A7C15ull;
   for (int i = 0; i < d; ++i) {
-    h ^= static_cast<uint32_t>(key[i]);
-    h *= 0xFF51AFD7ED558CCDull;
-    h ^= h >> 32;
+    h += static_cast<uint32_t>(key[i]) * factor;
+    factor *= 0xBF58476D1CE4E5B9ull;
   }
-  return h;
+  h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+  h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+  return h ^ (h >> 31);
 }
 
 }  // namespace permutohedral

@@ -30,3 +30,11 @@ def build_lattice(features: torch.Tensor) -> LatticeTensors:
 
 def apply_lattice(values: torch.Tensor, lattice: LatticeTensors, reverse: bool = False) -> torch.Tensor:
     return _ops().permutohedral_apply(values, *lattice, reverse)
+
+
+
+def dense_crf_mean_field(unary: torch.Tensor, vertex_of: list[torch.Tensor], barycentric: list[torch.Tensor],
+                         neighbors: list[torch.Tensor], splat_order: list[torch.Tensor],
+                         vertex_start: list[torch.Tensor], compat: list[torch.Tensor], iterations: int) -> torch.Tensor:
+    return _ops().dense_crf_mean_field(unary, vertex_of, barycentric, neighbors, splat_order, vertex_start, compat,
+                                       iterations)

@@ -10,6 +10,9 @@ backends must agree with fastseg.reference.dense_crf to float32 rounding.
 """
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 
 import fastseg
 from crf_helpers import DTYPES, OUTPUT_TOL, coloured_regions, dtype_id, positions
+from fastseg import _compiled_ops
 from fastseg.ops import DenseCRF, dense_crf, permutohedral_lattice
 from pool_helpers import on_devices
 
@@ -414,7 +418,12 @@ def test_module_forward_is_dense_crf(backend, gen):
         crf.bilateral_compat.add_(0.3 * torch.randn(4, 4, generator=gen))
     expected = dense_crf(logits, image, 3, gaussian_compat=crf.gaussian_compat.detach(),
                          bilateral_compat=crf.bilateral_compat.detach(), backend=backend, **params)
-    torch.testing.assert_close(crf(logits, image), expected, rtol=0, atol=0)
+    # The module's parameters want gradients: it takes the differentiable
+    # path, and the functional call (no gradient wanted) the fused one on cpp,
+    # equal up to float rounding; without gradients both take the same path.
+    torch.testing.assert_close(crf(logits, image), expected, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(crf(logits, image), expected, rtol=0, atol=0)
     # Potts initial values: the same as dense_crf with the weights.
     fresh = DenseCRF(4, 3, gaussian_compat=2.0, bilateral_compat=5.0, backend=backend, **params)
     torch.testing.assert_close(fresh(logits, image), dense_crf(logits, image, 3, gaussian_compat=2.0,
@@ -572,6 +581,77 @@ def test_module_invalid_arguments(gen):
         DenseCRF(3, bilateral_compat=math.inf)
     with pytest.raises(ValueError, match=r"logits must have num_labels=4 channels, got shape \(1, 3, 6, 7\)"):
         DenseCRF(4)(logits, image)
+
+
+# --- the fused mean-field: cpp where no gradient is wanted -------------------------------------
+
+def fused_case(gen, labels: int, compat: str, dtype, shape=(9, 11)):
+    logits, image, _ = noisy_case(gen, shape, labels=labels, batch=2, dtype=dtype)
+    params = dict(gaussian_compat=2.0, bilateral_compat=5.0, bilateral_sxy=6.0)
+    if compat == "matrix":
+        params |= {name: torch.randn(labels, labels, generator=gen, dtype=torch.float64).to(dtype)
+                   for name in ("gaussian_compat", "bilateral_compat")}
+    return logits, image, params
+
+
+# Labels: rows of one SIMD vector (1, 4), of a few (21), longer than a block of four (37).
+@pytest.mark.parametrize("labels", [1, 4, 21, 37])
+@pytest.mark.parametrize("compat", ["potts", "matrix"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+def test_fused_mean_field_matches_the_differentiable_path(labels, compat, dtype, gen):
+    """Without gradients, cpp runs every iteration in one op
+    (fastseg::dense_crf_mean_field); with them, through permutohedral_apply
+    and PyTorch ops. The two agree to rounding."""
+    logits, image, params = fused_case(gen, labels, compat, dtype)
+    for iterations in (0, 1, 3):
+        fused = dense_crf(logits, image, iterations, backend="cpp", **params)
+        differentiable = dense_crf(logits.clone().requires_grad_(), image, iterations, backend="cpp", **params)
+        torch.testing.assert_close(fused, differentiable.detach(), rtol=0, atol=OUTPUT_TOL[dtype])
+
+
+def test_fused_mean_field_is_deterministic(gen):
+    """Bitwise the same on every run and for every thread count (an image
+    large enough for the work to be split)."""
+    logits, image, params = fused_case(gen, 5, "potts", torch.float32, shape=(64, 96))
+    first = dense_crf(logits, image, 3, backend="cpp", **params)
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, max(2, threads), 3):
+            torch.set_num_threads(count)
+            assert torch.equal(dense_crf(logits, image, 3, backend="cpp", **params), first)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def mean_field_op_inputs(gen, labels=4):
+    logits, image, params = fused_case(gen, labels, "matrix", torch.float32)
+    unary = -torch.log_softmax(logits, 1).reshape(2, labels, -1).transpose(1, 2)
+    features = torch.cat([positions(image.shape[2:], (0.3, 0.3)).float().expand(2, -1, -1, -1),
+                          image.float() / 20], 1)
+    lattices = [permutohedral_lattice(f, backend="cpp").tensors for f in (features[:, :2], features)]
+    fields = [list(field) for field in zip(*lattices)]
+    return unary, fields, [torch.tensor(2.0), params["bilateral_compat"]]
+
+
+def test_opcheck_fused_mean_field(gen):
+    unary, fields, compat = mean_field_op_inputs(gen)
+    torch.library.opcheck(torch.ops.fastseg.dense_crf_mean_field.default, (unary.contiguous(), *fields, compat, 3))
+    torch.library.opcheck(torch.ops.fastseg.dense_crf_mean_field.default, (unary, *fields, compat, 0))
+
+
+def test_portable_kernels_match_the_vector_ones(gen, tmp_path):
+    """ATEN_CPU_CAPABILITY=default runs the op's 16-byte-vector kernels
+    (those of CPUs without AVX2); they agree with the ones picked here."""
+    torch.save(mean_field_op_inputs(gen, labels=21), tmp_path / "inputs.pt")
+    script = ("import sys, torch, fastseg; from fastseg import _compiled_ops\n"
+              "unary, fields, compat = torch.load(sys.argv[1])\n"
+              "torch.save(_compiled_ops.dense_crf_mean_field(unary, *fields, compat, 4), sys.argv[2])\n")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    subprocess.run([sys.executable, "-c", script, tmp_path / "inputs.pt", tmp_path / "portable.pt"], env=env,
+                   check=True)
+    unary, fields, compat = torch.load(tmp_path / "inputs.pt")
+    here = _compiled_ops.dense_crf_mean_field(unary, *fields, compat, 4)
+    torch.testing.assert_close(torch.load(tmp_path / "portable.pt"), here, rtol=0, atol=OUTPUT_TOL[torch.float32])
 
 
 # --- edge cases: empty batches, the layout of the result -------------------------------------------

@@ -13,6 +13,12 @@ Batched: logits [B, L, *spatial] with an image [B, C, *spatial] of any
 number of channels, 2-D images and 3-D volumes (with a physical ``spacing``
 per axis). ``DenseCRF`` holds the compatibilities as learnable [L, L]
 parameters (CRF-as-RNN): gradients flow to them and to the logits.
+
+Where no gradient is wanted, the ``cpp`` backend runs every iteration in one
+op, ``fastseg::dense_crf_mean_field`` (registered here, with a fake): its
+splat, blur, slice, compatibility and softmax share buffers and passes that
+the differentiable composition of ``permutohedral_apply`` and PyTorch ops
+cannot. Its results equal that composition's up to float rounding.
 """
 
 import importlib
@@ -21,7 +27,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .. import _backend
+from .. import _backend, _compiled_ops
 from .._checks import FLOAT_DTYPES, is_number
 from .permutohedral_filter import BACKENDS as FILTER_BACKENDS
 from .permutohedral_filter import Lattice, build_lattice, check_finite, uncovered
@@ -66,11 +72,10 @@ def _check_inputs(logits, image, iterations, probabilities, kernel_params, spaci
         raise ValueError(f"logits must have at least one label, got shape {tuple(logits.shape)}")
     if math.prod(spatial) == 0:
         raise ValueError(f"logits must have at least one pixel per image, got shape {tuple(logits.shape)}")
-    check_finite(logits, "logits")
-    if probabilities and logits.numel() and not torch.compiler.is_compiling() \
-            and (logits.min() < 0 or logits.max() > 1):
+    extremes = check_finite(logits, "logits")
+    if probabilities and extremes is not None and (extremes[0] < 0 or extremes[1] > 1):
         raise ValueError("logits: with probabilities=True they must lie in [0, 1], got values in "
-                         f"[{float(logits.min()):.4g}, {float(logits.max()):.4g}]")
+                         f"[{extremes[0]:.4g}, {extremes[1]:.4g}]")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
     _check_positive(spacing, "spacing", len(spatial))
@@ -101,6 +106,43 @@ def _check_image(image, logits: Tensor) -> None:
         raise ValueError(f"image must be on the device of logits {logits.device}, got {image.device}")
     if image.is_floating_point():
         check_finite(image, "image")
+
+
+@torch.library.custom_op("fastseg::dense_crf_mean_field", mutates_args=())
+def _mean_field_op(unary: Tensor, vertex_of: list[Tensor], barycentric: list[Tensor], neighbors: list[Tensor],
+                   splat_order: list[Tensor], vertex_start: list[Tensor], compat: list[Tensor],
+                   iterations: int) -> Tensor:
+    return _compiled_ops.dense_crf_mean_field(unary, vertex_of, barycentric, neighbors, splat_order, vertex_start,
+                                              compat, iterations)
+
+
+@_mean_field_op.register_fake
+def _(unary, vertex_of, barycentric, neighbors, splat_order, vertex_start, compat, iterations):
+    batch, pixels, labels = unary.shape
+    return unary.new_empty((batch, labels, pixels)).transpose(1, 2)  # the op writes Q label-major
+
+
+def _normalized_filter(lattice: Lattice, like: Tensor):
+    # n K n, with n folded into the lattice's weights: splatting and
+    # slicing with n_i w_i instead of w_i normalises for free.
+    return lattice.reweighted(_reference.normalization(lattice.apply_flat, like)).apply_flat
+
+
+def _mean_field(unary: Tensor, kernels: list[tuple[Lattice, Tensor | float]], iterations: int,
+                backend: str) -> Tensor:
+    """``fastseg.reference.dense_crf.mean_field`` for kernels given as
+    (lattice, compatibility): in one op on the ``cpp`` backend where no
+    gradient is wanted (it normalises the lattices itself), through the
+    differentiable normalised filters otherwise."""
+    compats = [compat for _, compat in kernels]
+    wants_grad = torch.is_grad_enabled() and (
+        unary.requires_grad or any(isinstance(c, Tensor) and c.requires_grad for c in compats))
+    if backend != "cpp" or wants_grad:
+        filters = [(_normalized_filter(lattice, unary), compat) for lattice, compat in kernels]
+        return _reference.mean_field(unary, filters, iterations)
+    fields = [list(field) for field in zip(*(lattice.tensors for lattice, _ in kernels))] or [[]] * 5
+    compat_tensors = [torch.as_tensor(c, dtype=unary.dtype).contiguous() for c in compats]
+    return _mean_field_op(unary, *fields, compat_tensors, iterations)
 
 
 def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, probabilities: bool = False,
@@ -135,15 +177,14 @@ def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, prob
     if logits.shape[0] == 0:  # only the batch may be empty, as in PyTorch
         return torch.empty_like(logits)
 
-    def lattice_filter(features: Tensor):
-        # n K n, with n folded into the lattice's weights: splatting and
-        # slicing with n_i w_i instead of w_i normalises for free.
-        lattice: Lattice = build_lattice(features, spatial, name)
-        norm = _reference.normalization(lattice.apply_flat, features)
-        return lattice.reweighted(norm).apply_flat
+    def lattice_filter(features: Tensor) -> Lattice:
+        return build_lattice(features, spatial, name)
+
+    def solve(unary: Tensor, kernels, iterations: int) -> Tensor:
+        return _mean_field(unary, kernels, iterations, name)
 
     return _reference.run_dense_crf(logits, image, iterations, probabilities, kernel_params, spacing,
-                                    lattice_filter)
+                                    lattice_filter, solve)
 
 
 class DenseCRF(nn.Module):

@@ -34,9 +34,11 @@ Filter = Callable[[torch.Tensor], torch.Tensor]
 def unary_energy(scores: torch.Tensor, probabilities: bool) -> torch.Tensor:
     """-log p per label: scores [B, L, N] are logits, or probabilities when
     ``probabilities`` (clipped to PROBABILITY_CLIP as pydensecrf does)."""
+    # (Written to allocate one tensor of the scores' size each: a CRF's
+    # unary is as large as its input, and fresh memory costs page faults.)
     if probabilities:
-        return -torch.log(scores.clamp(min=PROBABILITY_CLIP))
-    return -torch.log_softmax(scores, dim=1)
+        return torch.log(scores.clamp(min=PROBABILITY_CLIP)).neg_()
+    return torch.logsumexp(scores, dim=1, keepdim=True) - scores  # -log_softmax
 
 
 def position_features(spatial_shape: Sequence[int], scale: Sequence[float], dtype, device) -> torch.Tensor:
@@ -119,24 +121,27 @@ def kernel_features(image: torch.Tensor | None, spatial: Sequence[int], batch: i
 
 
 def run_dense_crf(logits: torch.Tensor, image: torch.Tensor | None, iterations: int, probabilities: bool,
-                  kernel_params, spacing, lattice_filter: Callable[[torch.Tensor], Filter]) -> torch.Tensor:
+                  kernel_params, spacing, lattice_filter: Callable[[torch.Tensor], Filter],
+                  solve=mean_field) -> torch.Tensor:
     """The mean-field of ``dense_crf`` with the normalised Gaussian filters
     that ``lattice_filter`` makes from [B, N, d] features: the reference's
     own lattice here, a faster backend's in ``fastseg.ops.dense_crf``.
+    ``solve`` runs the iterations, with ``mean_field``'s signature; a backend
+    may pass its own, which takes whatever its ``lattice_filter`` makes.
 
     kernel_params: (sxy, srgb or None, compat) per kernel; a kernel whose
     compatibility is the number 0 is left out."""
     batch, labels, *spatial = logits.shape
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    unary = unary_energy(logits.reshape(batch, labels, -1).to(dtype), probabilities).transpose(1, 2).contiguous()
+    unary = unary_energy(logits.reshape(batch, labels, -1).to(dtype), probabilities).transpose(1, 2)  # a view
     kernels = []
     for sxy, srgb, compat in kernel_params:
         if not isinstance(compat, torch.Tensor) and compat == 0:
             continue
         features = kernel_features(image, spatial, batch, spacing, sxy, srgb, dtype, logits.device)
         kernels.append((lattice_filter(features), symmetric_compat(compat, dtype, logits.device)))
-    q = mean_field(unary, kernels, iterations)  # [B, N, L]: channels-last memory
-    q = q.view(batch, *spatial, labels).movedim(-1, 1).to(logits.dtype)
+    q = solve(unary, kernels, iterations)  # [B, N, L], in the memory layout solve chose
+    q = q.reshape(batch, *spatial, labels).movedim(-1, 1).to(logits.dtype)
     return q.contiguous(memory_format=memory_format_of(logits))
 
 

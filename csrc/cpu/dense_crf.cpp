@@ -1,0 +1,311 @@
+// CPU kernel of fastseg::dense_crf_mean_field: every mean-field iteration of
+// the dense CRF (Kraehenbuehl & Koltun 2011, algorithm 1; the iteration of
+// fastseg/reference/dense_crf.py's mean_field) in one op, for inference:
+// fastseg/ops/dense_crf.py calls it where no gradient is wanted and keeps the
+// differentiable composition of permutohedral_apply and PyTorch ops otherwise.
+//
+// Why one op: through PyTorch an iteration makes a dozen passes over [B, N, L]
+// tensors, each freshly allocated, and the filter's loops run over a channel
+// count known only at run time. Here the buffers are allocated once per call,
+// the labels are padded to whole SIMD vectors, and an iteration is, per
+// kernel: splat Q onto its lattice (a gather in splat order), blur along the
+// d+1 directions and fold the kernel's compatibility into the last blur
+// (a Potts weight) or into one label mix on the lattice (a matrix); then a
+// single pass over the pixels slices every kernel's messages, adds the unary
+// and takes the softmax, writing Q in place.
+//
+// Deterministic whatever the thread count: every sum is a gather in a fixed
+// order. The results equal the unfused path's up to float rounding (the
+// compatibility multiplies before the slice, not after).
+//
+// The loops live in dense_crf_kernels.h, compiled twice: for 16-byte vectors
+// (any CPU) and, with GCC on x86-64, for AVX2 with FMA; the second runs where
+// the CPU has them.
+#include "../permutohedral_filter.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "../permutohedral.h"
+#include "parallel.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FASTSEG_AVX2_KERNELS 1
+#else
+#define FASTSEG_AVX2_KERNELS 0
+#endif
+
+namespace fastseg {
+namespace {
+
+// Every row the kernels read or write is a whole number of these.
+constexpr int kMaxVectorBytes = 32;
+
+// How many corners ahead the splat prefetches rows, and how many pixels ahead
+// the slice does (see splat() and update_q()); the splat lists carry
+// kSplatLookahead extra entries so that the look-ahead stays in bounds.
+constexpr int kSplatLookahead = 32;
+constexpr int kSliceLookahead = 4;
+
+// One CRF kernel's lattice in the layout of the iteration.
+template <typename scalar_t>
+struct KernelLattice {
+  int corners;                    // d+1
+  int64_t pixels;                 // P = B*N
+  int64_t vertices;               // M
+  const int32_t* vertex_of;       // [P, corners]
+  const scalar_t* weight;         // [P, corners]: barycentric weights
+  const scalar_t* norm;           // [P]: the normalisation, a factor on every weight of the pixel
+  const int32_t* neighbors;       // [corners, M, 2]
+  const int32_t* vertex_start;    // [M+1]: a vertex's corners in the splat lists
+  const int32_t* splat_pixel;     // [P*corners + kSplatLookahead]: each corner's pixel, in splat order
+  const scalar_t* splat_weight;   // [P*corners]: its weight times its pixel's norm, in splat order
+  scalar_t* values;               // [M+1, width]; row M stays zero (absent neighbours)
+  scalar_t* spare;                // [M+1, width], the same
+  scalar_t potts_factor;          // -w * lattice_scale(d) for a Potts weight w
+  const scalar_t* matrix;         // [labels, width]: lattice_scale(d) * compat; nullptr for Potts
+};
+
+template <typename scalar_t>
+struct MeanFieldArgs {
+  const scalar_t* unary;  // [P, width], +inf in the padding
+  const scalar_t* mask;   // [width]: 1 for a label, 0 for padding
+  scalar_t* result;       // [B, labels, N]
+  int64_t pixels;         // P = B*N
+  int64_t image_pixels;   // N
+  int labels;
+  int width;
+  int64_t iterations;
+  std::vector<KernelLattice<scalar_t>> kernels;
+};
+
+
+
+namespace portable {
+constexpr int kVectorBytes = 16;
+#include "dense_crf_kernels.h"
+}  // namespace portable
+
+#if FASTSEG_AVX2_KERNELS
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+constexpr int kVectorBytes = 32;
+#include "dense_crf_kernels.h"
+}  // namespace avx2
+#pragma GCC pop_options
+
+// Where the CPU has AVX2 and FMA, unless ATEN_CPU_CAPABILITY=default asks
+// for the baseline, as it does of PyTorch's own kernels.
+bool use_avx2() {
+  static const bool use = [] {
+    const char* capability = std::getenv("ATEN_CPU_CAPABILITY");
+    if (capability != nullptr && std::string_view(capability) == "default") return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return use;
+}
+#endif
+
+template <typename scalar_t>
+void run_mean_field(MeanFieldArgs<scalar_t>& args, scalar_t* q) {
+#if FASTSEG_AVX2_KERNELS
+  if (use_avx2()) return avx2::mean_field(args, q);
+#endif
+  portable::mean_field(args, q);
+}
+
+// unary [B, N, L], any strides -> rows [B*N, width], +inf in the padding.
+// The caller's unary is usually a view of [B, L, N] memory (the logits'
+// layout); reading it by its strides spares a transposed copy.
+template <typename scalar_t>
+void copy_to_rows(const at::Tensor& unary, int width, scalar_t* rows) {
+  const int64_t image_pixels = unary.size(1), labels = unary.size(2);
+  const int64_t image_stride = unary.stride(0), pixel_stride = unary.stride(1), label_stride = unary.stride(2);
+  const scalar_t* in = unary.const_data_ptr<scalar_t>();
+  at::parallel_for(0, unary.size(0) * image_pixels, grain_for(width), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const scalar_t* pixel = in + (p / image_pixels) * image_stride + (p % image_pixels) * pixel_stride;
+      for (int64_t l = 0; l < labels; ++l) rows[p * width + l] = pixel[l * label_stride];
+      std::fill(rows + p * width + labels, rows + (p + 1) * width, std::numeric_limits<scalar_t>::infinity());
+    }
+  });
+}
+
+// A lattice in the layout of the iteration: the splat lists (each corner's
+// pixel and weight, in splat order, gathered once per call instead of once
+// per iteration) and every pixel's n = (K 1)^(-1/2), the symmetric
+// normalisation (see normalization in fastseg/reference/dense_crf.py), which
+// multiplies the pixel's weights in the splat lists here and in the slice
+// later. The filter of ones has one channel, so it is computed here, in
+// scalars, with the arithmetic of permutohedral_apply (splatting ones sums
+// each vertex's weights).
+template <typename scalar_t>
+void normalized_lists(const LatticeArgs& lattice, int32_t* splat_pixel, scalar_t* splat_weight, scalar_t* norm) {
+  const int corners = static_cast<int>(lattice.d() + 1);
+  const int64_t vertices = lattice.vertices(), pixels = lattice.vertex_of.size(0) * lattice.vertex_of.size(1);
+  const int32_t* start = lattice.vertex_start.const_data_ptr<int32_t>();
+  const int32_t* order = lattice.splat_order.const_data_ptr<int32_t>();
+  const int32_t* vertex_of = lattice.vertex_of.const_data_ptr<int32_t>();
+  const int32_t* neighbors = lattice.neighbors.const_data_ptr<int32_t>();
+  const scalar_t* barycentric = lattice.barycentric.const_data_ptr<scalar_t>();
+  const int64_t total = pixels * corners, mean_corners = total / std::max<int64_t>(1, vertices);
+  // The pixel of corner c is c / corners: (c + 1/2) / corners, a double, is at
+  // least 1/(2 corners) away from an integer, far beyond its rounding error,
+  // so truncating it is exact, and a multiplication is cheaper than a
+  // division on this path of a million corners.
+  const double per_corner = 1.0 / corners;
+  // The weights are gathered in splat order, from all over the image: the
+  // one kLookahead corners on is fetched early (as in splat()).
+  constexpr int kLookahead = 16;
+  std::vector<scalar_t> current(vertices + 1, 0), spare(vertices + 1, 0);  // row M: the absent neighbour's zero
+  at::parallel_for(0, vertices, grain_for(mean_corners), [&](int64_t begin, int64_t end) {
+    for (int64_t v = begin; v < end; ++v) {
+      scalar_t sum = 0;
+      for (int32_t e = start[v], stop = start[v + 1]; e < stop; ++e) {
+        __builtin_prefetch(barycentric + order[std::min<int64_t>(e + kLookahead, total - 1)]);
+        splat_pixel[e] = static_cast<int32_t>((order[e] + 0.5) * per_corner);
+        splat_weight[e] = barycentric[order[e]];
+        sum += splat_weight[e];
+      }
+      current[v] = sum;
+    }
+  });
+  std::fill_n(splat_pixel + total, kSplatLookahead, 0);
+  for (int j = 0; j < corners; ++j) {
+    const int32_t* pairs = neighbors + j * vertices * 2;
+    at::parallel_for(0, vertices, grain_for(3), [&](int64_t begin, int64_t end) {
+      for (int64_t v = begin; v < end; ++v) {
+        const int32_t before = pairs[2 * v], after = pairs[2 * v + 1];
+        spare[v] = scalar_t(0.5) * current[v] +
+                   scalar_t(0.25) * (current[before < 0 ? vertices : before] + current[after < 0 ? vertices : after]);
+      }
+    });
+    std::swap(current, spare);
+  }
+  const scalar_t scale = static_cast<scalar_t>(permutohedral::lattice_scale(corners - 1));
+  at::parallel_for(0, pixels, grain_for(2 * corners), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      scalar_t filtered = 0;
+      for (int r = 0; r < corners; ++r) {
+        filtered += scale * barycentric[p * corners + r] * current[vertex_of[p * corners + r]];
+      }
+      norm[p] = 1 / std::sqrt(filtered + scalar_t(1e-20));
+    }
+  });
+  at::parallel_for(0, total, grain_for(2), [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) splat_weight[e] *= norm[splat_pixel[e]];
+  });
+}
+
+void check_mean_field(const at::Tensor& unary, const std::vector<LatticeArgs>& lattices, at::TensorList compat,
+                      int64_t iterations, const char* op) {
+  TORCH_CHECK(unary.dim() == 3, op, ": unary must be 3-D [B, N, L], got ", unary.dim(), "-D");
+  check_float_dtype(unary, op, "unary");
+  TORCH_CHECK(unary.device().is_cpu(), op, ": expected CPU tensors, got ", unary.device());
+  TORCH_CHECK(iterations >= 0, op, ": iterations must be >= 0, got ", iterations);
+  TORCH_CHECK(compat.size() == lattices.size(), op, ": one compatibility per lattice, got ", compat.size(),
+              " for ", lattices.size());
+  const int64_t labels = unary.size(2);
+  for (size_t k = 0; k < lattices.size(); ++k) {
+    check_apply(unary, lattices[k], op);
+    TORCH_CHECK(compat[k].dim() == 0 || (compat[k].dim() == 2 && compat[k].size(0) == labels &&
+                                         compat[k].size(1) == labels),
+                op, ": compat must be a 0-dim Potts weight or an [L, L] = [", labels, ", ", labels,
+                "] matrix, got shape ", compat[k].sizes());
+    TORCH_CHECK(compat[k].scalar_type() == unary.scalar_type() && compat[k].device().is_cpu(), op,
+                ": compat must be a CPU tensor of the dtype of unary (", unary.scalar_type(), ")");
+  }
+}
+
+at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vertex_of, at::TensorList barycentric,
+                                    at::TensorList neighbors, at::TensorList splat_order,
+                                    at::TensorList vertex_start, at::TensorList compat, int64_t iterations) {
+  constexpr const char* op = "fastseg::dense_crf_mean_field";
+  TORCH_CHECK(barycentric.size() == vertex_of.size() && neighbors.size() == vertex_of.size() &&
+                  splat_order.size() == vertex_of.size() && vertex_start.size() == vertex_of.size(),
+              op, ": the lattice lists must have one length");
+  std::vector<LatticeArgs> lattices;
+  for (size_t k = 0; k < vertex_of.size(); ++k) {
+    lattices.push_back({vertex_of[k].contiguous(), barycentric[k].contiguous(), neighbors[k].contiguous(),
+                        splat_order[k].contiguous(), vertex_start[k].contiguous()});
+  }
+  check_mean_field(unary, lattices, compat, iterations, op);
+  const int64_t batch = unary.size(0), image_pixels = unary.size(1), pixels = batch * image_pixels;
+  const int labels = static_cast<int>(unary.size(2));
+  // Q is written label-major, [B, L, N], the layout of the logits it is
+  // turned back into, and returned as its [B, N, L] view.
+  at::Tensor result = at::empty({batch, labels, image_pixels}, unary.options());
+  if (result.numel() == 0) return result.transpose(1, 2);
+
+  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), op, [&] {
+    constexpr int per_vector = kMaxVectorBytes / sizeof(scalar_t);
+    const int width = (labels + per_vector - 1) / per_vector * per_vector;
+    const at::TensorOptions options = unary.options();
+    at::Tensor unary_rows = at::empty({pixels, width}, options);
+    copy_to_rows(unary, width, unary_rows.mutable_data_ptr<scalar_t>());
+    at::Tensor mask = at::zeros({width}, options);
+    mask.narrow(0, 0, labels).fill_(1);
+    at::Tensor q = at::empty({pixels, width}, options);
+
+    MeanFieldArgs<scalar_t> args{unary_rows.const_data_ptr<scalar_t>(),
+                                 mask.const_data_ptr<scalar_t>(),
+                                 result.mutable_data_ptr<scalar_t>(),
+                                 pixels,
+                                 image_pixels,
+                                 labels,
+                                 width,
+                                 iterations,
+                                 {}};
+    std::vector<at::Tensor> buffers;  // keeps the kernels' buffers alive
+    for (size_t k = 0; k < lattices.size(); ++k) {
+      const LatticeArgs& lattice = lattices[k];
+      const int corners = static_cast<int>(lattice.d() + 1);
+      const int64_t vertices = lattice.vertices();
+      at::Tensor splat_pixel = at::empty({pixels * corners + kSplatLookahead}, options.dtype(at::kInt));
+      at::Tensor splat_weight = at::empty({pixels * corners}, options);
+      at::Tensor norm = at::empty({pixels}, options);
+      normalized_lists(lattice, splat_pixel.mutable_data_ptr<int32_t>(), splat_weight.mutable_data_ptr<scalar_t>(),
+                       norm.mutable_data_ptr<scalar_t>());
+      at::Tensor values = at::empty({2, vertices + 1, width}, options);
+      values.select(1, vertices).zero_();
+      const scalar_t scale = static_cast<scalar_t>(permutohedral::lattice_scale(corners - 1));
+      at::Tensor matrix;
+      if (compat[k].dim() == 2) {
+        matrix = at::zeros({labels, width}, options);
+        matrix.narrow(1, 0, labels).copy_(compat[k] * scale);
+      }
+      args.kernels.push_back({corners, pixels, vertices, lattice.vertex_of.const_data_ptr<int32_t>(),
+                              lattice.barycentric.const_data_ptr<scalar_t>(), norm.const_data_ptr<scalar_t>(),
+                              lattice.neighbors.const_data_ptr<int32_t>(),
+                              lattice.vertex_start.const_data_ptr<int32_t>(),
+                              splat_pixel.const_data_ptr<int32_t>(), splat_weight.const_data_ptr<scalar_t>(),
+                              values[0].mutable_data_ptr<scalar_t>(), values[1].mutable_data_ptr<scalar_t>(),
+                              compat[k].dim() == 0 ? -compat[k].item<scalar_t>() * scale : scalar_t(0),
+                              matrix.defined() ? matrix.const_data_ptr<scalar_t>() : nullptr});
+      buffers.insert(buffers.end(), {splat_pixel, splat_weight, norm, values, matrix});
+    }
+    run_mean_field(args, q.mutable_data_ptr<scalar_t>());
+  });
+  return result.transpose(1, 2);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastseg_C, CPU, m) {
+  m.impl("dense_crf_mean_field", &dense_crf_mean_field_cpu);
+}
+
+}  // namespace fastseg

@@ -1,0 +1,287 @@
+// The loops of fastseg_C::dense_crf_mean_field on the CPU, written once for
+// vectors of kVectorBytes bytes. dense_crf.cpp includes this file twice, each
+// time inside a namespace that defines kVectorBytes (16: SSE2 or NEON, 32:
+// AVX2 with FMA, under `#pragma GCC target`), and picks one at run time; so
+// no include guard, and no includes of its own (they would land inside the
+// namespace): dense_crf.cpp includes what it needs first.
+//
+// Rows of `width` scalars (the labels, padded to a whole number of 32-byte
+// vectors) are processed in blocks of at most four vectors whose count is a
+// compile-time constant, so a block's accumulators stay in registers across
+// the loop over corners; the number of labels itself stays a run-time value.
+// GCC/Clang vector extensions (the build's flags are GCC/Clang's already).
+
+template <typename scalar_t>
+struct Simd {
+  typedef scalar_t vec __attribute__((vector_size(kVectorBytes)));
+  // The same, at any address a scalar may have: rows are not vector-aligned.
+  typedef scalar_t unaligned __attribute__((vector_size(kVectorBytes), aligned(sizeof(scalar_t)), may_alias));
+  static constexpr int lanes = kVectorBytes / sizeof(scalar_t);
+
+  static vec load(const scalar_t* p) { return *reinterpret_cast<const unaligned*>(p); }
+  static void store(scalar_t* p, vec v) { *reinterpret_cast<unaligned*>(p) = v; }
+  static vec broadcast(scalar_t x) {
+    vec v;
+    for (int i = 0; i < lanes; ++i) v[i] = x;
+    return v;
+  }
+};
+
+// Calls body(Block<N>{first}) for consecutive blocks of at most four vectors
+// that cover vectors [0, count) of a row.
+template <int N>
+struct Block {
+  static constexpr int size = N;
+  int first;
+};
+
+template <typename Body>
+inline void for_each_block(int count, const Body& body) {
+  int first = 0;
+  for (; count - first >= 4; first += 4) body(Block<4>{first});
+  switch (count - first) {
+    case 3: return body(Block<3>{first});
+    case 2: return body(Block<2>{first});
+    case 1: return body(Block<1>{first});
+  }
+}
+
+// exp(-y) lane by lane, for y >= 0 (+inf included). float: Cephes' expf
+// (range reduction by ln 2 split in two parts, degree-6 polynomial, ~1 ulp),
+// vectorised: std::exp would be called once per lane. y is clamped to 87
+// first (exp(-87) ~ 1.6e-38, the float range), on its bits as an int: a
+// float comparison would keep GCC from vectorising under -ftrapping-math.
+// double: std::exp per lane, for the precision double is asked for.
+template <typename scalar_t>
+inline typename Simd<scalar_t>::vec exp_negative(typename Simd<scalar_t>::vec y) {
+  using vec = typename Simd<scalar_t>::vec;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    typedef int32_t ivec __attribute__((vector_size(kVectorBytes)));
+    const ivec limit = ivec{} + static_cast<int32_t>(0x42AE0000);  // the bits of 87.0f
+    const ivec bits = (ivec)y;
+    const vec x = -(vec)(bits < limit ? bits : limit);
+    const vec n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2): 1.5 * 2^23 trick
+    const vec r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    vec p = vec{} + 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    // times 2^n, n in [-126, 0], added to the exponent bits
+    return (vec)((ivec)p + (__builtin_convertvector(n, ivec) << 23));
+  } else {
+    vec out;
+    for (int i = 0; i < Simd<scalar_t>::lanes; ++i) out[i] = std::exp(-y[i]);
+    return out;
+  }
+}
+
+// Splat: each vertex's row is the sum of its corners' weights times their
+// pixels' rows of q, read in splat order (a gather: no two tasks write one
+// row, and the sum's order is fixed).
+template <typename scalar_t>
+void splat(const KernelLattice<scalar_t>& kernel, const scalar_t* q, int width, scalar_t* out) {
+  using S = Simd<scalar_t>;
+  const int vectors = width / S::lanes;
+  const int64_t mean_corners = kernel.corners * kernel.pixels / std::max<int64_t>(1, kernel.vertices);
+  parallel_blocks(kernel.vertices, mean_corners * width, [&](int64_t begin, int64_t end) {
+    for (int64_t v = begin; v < end; ++v) {
+      const int32_t first = kernel.vertex_start[v], last = kernel.vertex_start[v + 1];
+      for_each_block(vectors, [&](auto block) {
+        constexpr int n = decltype(block)::size;
+        typename S::vec sum[n] = {};
+        for (int32_t e = first; e < last; ++e) {
+          // The row kSplatLookahead corners ahead is fetched while this one is
+          // summed: a vertex's pixels are scattered over the image, and
+          // waiting for each row in turn would cost more than the arithmetic.
+          if (block.first == 0) {
+            const scalar_t* ahead = q + static_cast<int64_t>(kernel.splat_pixel[e + kSplatLookahead]) * width;
+            __builtin_prefetch(ahead);
+            __builtin_prefetch(ahead + width - 1);  // a row may end in the next cache line
+          }
+          const typename S::vec w = S::broadcast(kernel.splat_weight[e]);
+          const scalar_t* row = q + static_cast<int64_t>(kernel.splat_pixel[e]) * width + block.first * S::lanes;
+          for (int i = 0; i < n; ++i) sum[i] += w * S::load(row + i * S::lanes);
+        }
+        for (int i = 0; i < n; ++i) S::store(out + v * width + (block.first + i) * S::lanes, sum[i]);
+      });
+    }
+  });
+}
+
+// [1/4 1/2 1/4] along one lattice direction, times `factor`; row M of `in`
+// is the zero that absent neighbours (-1) read.
+template <typename scalar_t>
+void blur(const scalar_t* in, const int32_t* neighbors, int64_t vertices, int width, scalar_t factor,
+          scalar_t* out) {
+  using S = Simd<scalar_t>;
+  const int vectors = width / S::lanes;
+  parallel_blocks(vertices, 3 * width, [&](int64_t begin, int64_t end) {
+    const typename S::vec half = S::broadcast(factor / 2), quarter = S::broadcast(factor / 4);
+    for (int64_t v = begin; v < end; ++v) {
+      const int32_t before = neighbors[2 * v], after = neighbors[2 * v + 1];
+      const scalar_t* a = in + (before < 0 ? vertices : before) * width;
+      const scalar_t* b = in + (after < 0 ? vertices : after) * width;
+      const scalar_t* self = in + v * width;
+      for (int i = 0; i < vectors; ++i) {
+        const int at = i * S::lanes;
+        S::store(out + v * width + at, half * S::load(self + at) + quarter * (S::load(a + at) + S::load(b + at)));
+      }
+    }
+  });
+}
+
+// out[v] = in[v] @ matrix for every vertex: a compatibility matrix applied
+// on the lattice, where there are fewer rows than pixels (the slice is
+// linear, so slicing and multiplying commute).
+template <typename scalar_t>
+void mix_labels(const scalar_t* in, const scalar_t* matrix, int labels, int64_t vertices, int width, scalar_t* out) {
+  using S = Simd<scalar_t>;
+  const int vectors = width / S::lanes;
+  parallel_blocks(vertices, labels * width, [&](int64_t begin, int64_t end) {
+    for (int64_t v = begin; v < end; ++v) {
+      for_each_block(vectors, [&](auto block) {
+        constexpr int n = decltype(block)::size;
+        typename S::vec sum[n] = {};
+        for (int l = 0; l < labels; ++l) {
+          const typename S::vec x = S::broadcast(in[v * width + l]);
+          const scalar_t* row = matrix + l * width + block.first * S::lanes;
+          for (int i = 0; i < n; ++i) sum[i] += x * S::load(row + i * S::lanes);
+        }
+        for (int i = 0; i < n; ++i) S::store(out + v * width + (block.first + i) * S::lanes, sum[i]);
+      });
+    }
+  });
+}
+
+// The messages of one kernel, ready to slice: splat q, blur along every
+// direction, and fold in the compatibility (and the lattice's scale) on the
+// way out. Returns the buffer that holds them.
+template <typename scalar_t>
+scalar_t* kernel_messages(KernelLattice<scalar_t>& kernel, const scalar_t* q, int labels, int width) {
+  scalar_t* current = kernel.values;
+  scalar_t* spare = kernel.spare;
+  splat(kernel, q, width, current);
+  for (int j = 0; j < kernel.corners; ++j) {
+    // A Potts weight is a factor on the last blur.
+    const bool last = j == kernel.corners - 1;
+    const scalar_t factor = last && kernel.matrix == nullptr ? kernel.potts_factor : scalar_t(1);
+    blur(current, kernel.neighbors + j * kernel.vertices * 2, kernel.vertices, width, factor, spare);
+    std::swap(current, spare);
+  }
+  if (kernel.matrix != nullptr) {
+    mix_labels(current, kernel.matrix, labels, kernel.vertices, width, spare);
+    std::swap(current, spare);
+  }
+  return current;
+}
+
+// The sum, or the minimum, of a vector's lanes, as a tree: log2(lanes) steps
+// in a row instead of lanes - 1 (this ends a chain that every pixel waits on).
+template <typename scalar_t>
+inline scalar_t reduce_lanes(typename Simd<scalar_t>::vec v, bool minimum) {
+  for (int half = Simd<scalar_t>::lanes / 2; half >= 1; half /= 2) {
+    for (int i = 0; i < half; ++i) v[i] = minimum ? std::min(v[i], v[i + half]) : v[i] + v[i + half];
+  }
+  return v[0];
+}
+
+// e[0, count): one row of energies, replaced by softmax(-e) =
+// exp(-(e - min)) / sum over the labels. Padding lanes hold +inf energy
+// (never the minimum) and get weight 0 from the mask. count is a
+// compile-time constant where the row is one block (then e is in registers).
+template <typename scalar_t, typename Count>
+inline void softmax_negative(typename Simd<scalar_t>::vec* e, Count count, const scalar_t* mask) {
+  using S = Simd<scalar_t>;
+  typename S::vec low = e[0];
+  for (int i = 1; i < count; ++i) low = e[i] < low ? e[i] : low;
+  const scalar_t minimum = reduce_lanes<scalar_t>(low, true);
+  typename S::vec total = {};
+  for (int i = 0; i < count; ++i) {
+    e[i] = exp_negative<scalar_t>(e[i] - minimum) * S::load(mask + i * S::lanes);
+    total += e[i];
+  }
+  const scalar_t inverse = 1 / reduce_lanes<scalar_t>(total, false);
+  for (int i = 0; i < count; ++i) e[i] *= inverse;
+}
+
+// For every pixel: the energy, its unary plus each kernel's messages sliced
+// with the pixel's weights, then Q = softmax(-energy) over the labels,
+// written to the padded rows of q, or, after the last iteration, to the
+// result's label planes. Without messages, Q = softmax(-unary).
+template <typename scalar_t>
+void update_q(const MeanFieldArgs<scalar_t>& args, const std::vector<const scalar_t*>& messages, bool last,
+              scalar_t* q) {
+  using S = Simd<scalar_t>;
+  using vec = typename S::vec;
+  const int width = args.width, vectors = width / S::lanes;
+  int64_t work = width;
+  for (size_t k = 0; k < messages.size(); ++k) work += args.kernels[k].corners * width;
+  parallel_blocks(args.pixels, work, [&](int64_t begin, int64_t end) {
+    // The energies of a row longer than one block. Not a std::vector: its
+    // members are compiled once, for the baseline CPU, and vec may be wider.
+    const std::unique_ptr<vec[]> row(new vec[vectors]);
+    // One block of pixel p's energy: its unary plus every kernel's slice.
+    auto energy = [&](int64_t p, auto block, vec* sum) {
+      constexpr int n = decltype(block)::size;
+      const int offset = block.first * S::lanes;
+      for (int i = 0; i < n; ++i) sum[i] = S::load(args.unary + p * width + offset + i * S::lanes);
+      for (size_t k = 0; k < messages.size(); ++k) {
+        const KernelLattice<scalar_t>& kernel = args.kernels[k];
+        // The rows a later pixel slices are fetched now, as in splat().
+        if (block.first == 0 && p + kSliceLookahead < end) {
+          for (int r = 0; r < kernel.corners; ++r) {
+            const int32_t ahead = kernel.vertex_of[(p + kSliceLookahead) * kernel.corners + r];
+            __builtin_prefetch(messages[k] + static_cast<int64_t>(ahead) * width);
+            __builtin_prefetch(messages[k] + static_cast<int64_t>(ahead) * width + width - 1);
+          }
+        }
+        for (int r = 0; r < kernel.corners; ++r) {
+          const int64_t corner = p * kernel.corners + r;
+          const vec w = S::broadcast(kernel.weight[corner] * kernel.norm[p]);
+          const scalar_t* slice = messages[k] + static_cast<int64_t>(kernel.vertex_of[corner]) * width + offset;
+          for (int i = 0; i < n; ++i) sum[i] += w * S::load(slice + i * S::lanes);
+        }
+      }
+    };
+    auto write = [&](int64_t p, const vec* e, int count) {
+      if (!last) {
+        for (int i = 0; i < count; ++i) S::store(q + p * width + i * S::lanes, e[i]);
+        return;
+      }
+      const int64_t image = p / args.image_pixels, pixel = p - image * args.image_pixels;
+      scalar_t* out = args.result + image * args.labels * args.image_pixels + pixel;
+      for (int l = 0; l < args.labels; ++l) out[l * args.image_pixels] = e[l / S::lanes][l % S::lanes];
+    };
+    for (int64_t p = begin; p < end; ++p) {
+      if (vectors <= 4) {  // one block: the row stays in registers
+        for_each_block(vectors, [&](auto block) {
+          vec sum[decltype(block)::size];
+          energy(p, block, sum);
+          softmax_negative<scalar_t>(sum, std::integral_constant<int, decltype(block)::size>{}, args.mask);
+          write(p, sum, decltype(block)::size);
+        });
+      } else {
+        for_each_block(vectors, [&](auto block) { energy(p, block, row.get() + block.first); });
+        softmax_negative<scalar_t>(row.get(), vectors, args.mask);
+        write(p, row.get(), vectors);
+      }
+    }
+  });
+}
+
+// Q_0 = softmax(-unary), then `iterations` times Q <- softmax(-unary - messages(Q)),
+// in the padded rows of q; the last Q goes to the result.
+template <typename scalar_t>
+void mean_field(MeanFieldArgs<scalar_t>& args, scalar_t* q) {
+  update_q(args, {}, args.iterations == 0, q);
+  for (int64_t it = 0; it < args.iterations; ++it) {
+    std::vector<const scalar_t*> messages;
+    for (KernelLattice<scalar_t>& kernel : args.kernels) {
+      messages.push_back(kernel_messages(kernel, q, args.labels, args.width));
+    }
+    update_q(args, messages, it == args.iterations - 1, q);
+  }
+}
