@@ -20,15 +20,10 @@
 #include <vector>
 
 #include "../pool_window.h"
+#include "parallel.h"
 
 namespace fastseg {
 namespace {
-
-constexpr int64_t GRAIN_SIZE = 32768;  // elements per task, as at::internal::GRAIN_SIZE
-
-int64_t grain_for(int64_t elements_per_item) {
-  return std::max<int64_t>(1, GRAIN_SIZE / std::max<int64_t>(1, elements_per_item));
-}
 
 // Calls body(n, c, h, w, offset) once for every element of a dense [N, C, H, W]
 // tensor, in its memory order (NCHW or NHWC), in parallel. body returns true
