@@ -7,12 +7,16 @@
 // Why one op: through PyTorch an iteration makes a dozen passes over [B, N, L]
 // tensors, each freshly allocated, and the filter's loops run over a channel
 // count known only at run time. Here the buffers are allocated once per call,
-// the labels are padded to whole SIMD vectors, and an iteration is, per
-// kernel: splat Q onto its lattice (a gather in splat order), blur along the
-// d+1 directions and fold the kernel's compatibility into the last blur
-// (a Potts weight) or into one label mix on the lattice (a matrix); then a
-// single pass over the pixels slices every kernel's messages, adds the unary
-// and takes the softmax, writing Q in place.
+// the labels are padded to whole SIMD vectors, the normalisation is computed
+// once (a one-channel filter, in scalars), and an iteration is: splat Q onto
+// every kernel's lattice (a gather in splat order, from lists of pixels and
+// weights made once), blur along the d+1 directions and fold each kernel's
+// compatibility into its last blur (a Potts weight) or into one label mix on
+// the lattice (a matrix); then a single pass over the pixels slices every
+// kernel's messages, adds the unary and takes the softmax, writing Q in
+// place (after the last iteration, label-major into the result). Each step
+// is one parallel region for all kernels, its work handed out in blocks as
+// threads come free.
 //
 // Deterministic whatever the thread count: every sum is a gather in a fixed
 // order. The results equal the unfused path's up to float rounding (the
@@ -20,7 +24,8 @@
 //
 // The loops live in dense_crf_kernels.h, compiled twice: for 16-byte vectors
 // (any CPU) and, with GCC on x86-64, for AVX2 with FMA; the second runs where
-// the CPU has them.
+// the CPU has them. The two round differently (FMA, lane counts), each the
+// same on every run.
 #include "../permutohedral_filter.h"
 
 #include <ATen/ATen.h>
@@ -120,7 +125,7 @@ bool use_avx2() {
 #endif
 
 template <typename scalar_t>
-void run_mean_field(MeanFieldArgs<scalar_t>& args, scalar_t* q) {
+void run_mean_field(const MeanFieldArgs<scalar_t>& args, scalar_t* q) {
 #if FASTSEG_AVX2_KERNELS
   if (use_avx2()) return avx2::mean_field(args, q);
 #endif
@@ -171,7 +176,7 @@ void normalized_lists(const LatticeArgs& lattice, int32_t* splat_pixel, scalar_t
   // one kLookahead corners on is fetched early (as in splat()).
   constexpr int kLookahead = 16;
   std::vector<scalar_t> current(vertices + 1, 0), spare(vertices + 1, 0);  // row M: the absent neighbour's zero
-  at::parallel_for(0, vertices, grain_for(mean_corners), [&](int64_t begin, int64_t end) {
+  parallel_blocks(vertices, mean_corners, [&](int64_t begin, int64_t end) {
     for (int64_t v = begin; v < end; ++v) {
       scalar_t sum = 0;
       for (int32_t e = start[v], stop = start[v + 1]; e < stop; ++e) {
