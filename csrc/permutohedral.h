@@ -16,11 +16,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define FASTSEG_HOST_DEVICE __host__ __device__
-#else
-#define FASTSEG_HOST_DEVICE
-#endif
+#include "host_device.h"
 
 namespace fastseg {
 namespace permutohedral {
