@@ -364,8 +364,7 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vert
     mask.narrow(0, 0, labels).fill_(1);
 
     MeanFieldArgs<scalar_t> args{scratch.unary, mask.const_data_ptr<scalar_t>(), result.mutable_data_ptr<scalar_t>(),
-                                 pixels,        image_pixels,                    labels,
-                                 width,         iterations,                      {}};
+                                 pixels, image_pixels, labels, width, iterations, {}};
     std::vector<at::Tensor> matrices;  // keeps the kernels' matrices alive
     for (size_t k = 0; k < lattices.size(); ++k) {
       const LatticeArgs& lattice = lattices[k];
