@@ -639,6 +639,15 @@ def test_opcheck_fused_mean_field(gen):
     torch.library.opcheck(torch.ops.fastseg.dense_crf_mean_field.default, (unary, *fields, compat, 0))
 
 
+def test_compile_fullgraph_traces_the_fused_op(gen, fresh_dynamo):
+    """torch.compile(fullgraph=True) goes through the fused op (its fake
+    says the result is a label-major view) and matches eager mode."""
+    logits, image, params = fused_case(gen, 5, "potts", torch.float32)
+    eager = dense_crf(logits, image, 3, backend="cpp", **params)
+    compiled = torch.compile(lambda l, i: dense_crf(l, i, 3, backend="cpp", **params), fullgraph=True)
+    torch.testing.assert_close(compiled(logits, image), eager, rtol=0, atol=OUTPUT_TOL[torch.float32])
+
+
 def test_portable_kernels_match_the_vector_ones(gen, tmp_path):
     """ATEN_CPU_CAPABILITY=default runs the op's 16-byte-vector kernels
     (those of CPUs without AVX2); they agree with the ones picked here."""

@@ -7,12 +7,16 @@
 // Why one op: through PyTorch an iteration makes a dozen passes over [B, N, L]
 // tensors, each freshly allocated, and the filter's loops run over a channel
 // count known only at run time. Here the buffers are allocated once per call,
-// the labels are padded to whole SIMD vectors, and an iteration is, per
-// kernel: splat Q onto its lattice (a gather in splat order), blur along the
-// d+1 directions and fold the kernel's compatibility into the last blur
-// (a Potts weight) or into one label mix on the lattice (a matrix); then a
-// single pass over the pixels slices every kernel's messages, adds the unary
-// and takes the softmax, writing Q in place.
+// the labels are padded to whole SIMD vectors, the normalisation is computed
+// once (a one-channel filter, in scalars), and an iteration is: splat Q onto
+// every kernel's lattice (a gather in splat order, from lists of pixels and
+// weights made once), blur along the d+1 directions and fold each kernel's
+// compatibility into its last blur (a Potts weight) or into one label mix on
+// the lattice (a matrix); then a single pass over the pixels slices every
+// kernel's messages, adds the unary and takes the softmax, writing Q in
+// place (after the last iteration, label-major into the result). Each step
+// is one parallel region for all kernels, its work handed out in blocks as
+// threads come free.
 //
 // Deterministic whatever the thread count: every sum is a gather in a fixed
 // order. The results equal the unfused path's up to float rounding (the
@@ -20,7 +24,8 @@
 //
 // The loops live in dense_crf_kernels.h, compiled twice: for 16-byte vectors
 // (any CPU) and, with GCC on x86-64, for AVX2 with FMA; the second runs where
-// the CPU has them.
+// the CPU has them. The two round differently (FMA, lane counts), each the
+// same on every run.
 #include "../permutohedral_filter.h"
 
 #include <ATen/ATen.h>
@@ -30,12 +35,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <mutex>
+#include <new>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../permutohedral.h"
@@ -120,7 +129,7 @@ bool use_avx2() {
 #endif
 
 template <typename scalar_t>
-void run_mean_field(MeanFieldArgs<scalar_t>& args, scalar_t* q) {
+void run_mean_field(const MeanFieldArgs<scalar_t>& args, scalar_t* q) {
 #if FASTSEG_AVX2_KERNELS
   if (use_avx2()) return avx2::mean_field(args, q);
 #endif
@@ -171,7 +180,7 @@ void normalized_lists(const LatticeArgs& lattice, int32_t* splat_pixel, scalar_t
   // one kLookahead corners on is fetched early (as in splat()).
   constexpr int kLookahead = 16;
   std::vector<scalar_t> current(vertices + 1, 0), spare(vertices + 1, 0);  // row M: the absent neighbour's zero
-  at::parallel_for(0, vertices, grain_for(mean_corners), [&](int64_t begin, int64_t end) {
+  parallel_blocks(vertices, mean_corners, [&](int64_t begin, int64_t end) {
     for (int64_t v = begin; v < end; ++v) {
       scalar_t sum = 0;
       for (int32_t e = start[v], stop = start[v + 1]; e < stop; ++e) {
@@ -208,6 +217,97 @@ void normalized_lists(const LatticeArgs& lattice, int32_t* splat_pixel, scalar_t
   at::parallel_for(0, total, grain_for(2), [&](int64_t begin, int64_t end) {
     for (int64_t e = begin; e < end; ++e) splat_weight[e] *= norm[splat_pixel[e]];
   });
+}
+
+// Scratch memory kept from one call to the next. Fresh memory costs a page
+// fault per 4 KiB on first touch (about a microsecond each), and glibc gives
+// large blocks back to the system when they are freed: a pipeline refining
+// VOC-size images one after another would fault in the ~60 MB of scratch on
+// every call, several percent of its time. One block is kept per process,
+// of at most kKeptScratchBytes; a call that finds it taken (another
+// thread's call) or too small allocates its own, and the larger is kept.
+constexpr int64_t kKeptScratchBytes = int64_t(128) << 20;
+constexpr std::align_val_t kScratchAlignment{64};  // a cache line
+
+struct ScratchDeleter {
+  void operator()(std::byte* p) const { ::operator delete[](p, kScratchAlignment); }
+};
+struct ScratchBlock {
+  std::unique_ptr<std::byte[], ScratchDeleter> data;
+  int64_t bytes = 0;
+};
+
+class ScratchPool {
+ public:
+  ScratchBlock take(int64_t bytes) {
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (kept_.bytes >= bytes) return std::exchange(kept_, ScratchBlock{});
+    }
+    return {std::unique_ptr<std::byte[], ScratchDeleter>(new (kScratchAlignment) std::byte[bytes]), bytes};
+  }
+
+  void give_back(ScratchBlock block) {
+    if (block.bytes > kKeptScratchBytes) return;
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (block.bytes > kept_.bytes) kept_ = std::move(block);
+  }
+
+ private:
+  std::mutex mutex_;
+  ScratchBlock kept_;
+};
+
+ScratchPool& scratch_pool() {
+  static ScratchPool* pool = new ScratchPool;  // never destroyed: no order to get wrong at exit
+  return *pool;
+}
+
+// Hands out pieces of a scratch block, each starting on a cache line; with
+// no block, it only adds up the bytes they need.
+class Carver {
+ public:
+  explicit Carver(std::byte* base = nullptr) : base_(base) {}
+
+  template <typename T>
+  T* take(int64_t count) {
+    const int64_t at = used_;
+    used_ += (count * static_cast<int64_t>(sizeof(T)) + 63) / 64 * 64;
+    return base_ == nullptr ? nullptr : reinterpret_cast<T*>(base_ + at);
+  }
+  int64_t used() const { return used_; }
+
+ private:
+  std::byte* base_;
+  int64_t used_ = 0;
+};
+
+template <typename scalar_t>
+struct KernelScratch {
+  int32_t* splat_pixel;    // [P*corners + kSplatLookahead]
+  scalar_t* splat_weight;  // [P*corners]
+  scalar_t* norm;          // [P]
+  scalar_t* values;        // [M+1, width]
+  scalar_t* spare;         // [M+1, width]
+};
+
+template <typename scalar_t>
+struct Scratch {
+  scalar_t* unary;  // [P, width]
+  scalar_t* q;      // [P, width]
+  std::vector<KernelScratch<scalar_t>> kernels;
+};
+
+template <typename scalar_t>
+Scratch<scalar_t> carve_scratch(Carver& carver, int64_t pixels, int width, const std::vector<LatticeArgs>& lattices) {
+  Scratch<scalar_t> scratch{carver.take<scalar_t>(pixels * width), carver.take<scalar_t>(pixels * width), {}};
+  for (const LatticeArgs& lattice : lattices) {
+    const int64_t corners = lattice.d() + 1, rows = lattice.vertices() + 1;
+    scratch.kernels.push_back({carver.take<int32_t>(pixels * corners + kSplatLookahead),
+                               carver.take<scalar_t>(pixels * corners), carver.take<scalar_t>(pixels),
+                               carver.take<scalar_t>(rows * width), carver.take<scalar_t>(rows * width)});
+  }
+  return scratch;
 }
 
 void check_mean_field(const at::Tensor& unary, const std::vector<LatticeArgs>& lattices, at::TensorList compat,
@@ -254,50 +354,43 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vert
     constexpr int per_vector = kMaxVectorBytes / sizeof(scalar_t);
     const int width = (labels + per_vector - 1) / per_vector * per_vector;
     const at::TensorOptions options = unary.options();
-    at::Tensor unary_rows = at::empty({pixels, width}, options);
-    copy_to_rows(unary, width, unary_rows.mutable_data_ptr<scalar_t>());
+    Carver sizing;
+    carve_scratch<scalar_t>(sizing, pixels, width, lattices);
+    ScratchBlock block = scratch_pool().take(sizing.used());
+    Carver carver(block.data.get());
+    const Scratch<scalar_t> scratch = carve_scratch<scalar_t>(carver, pixels, width, lattices);
+    copy_to_rows(unary, width, scratch.unary);
     at::Tensor mask = at::zeros({width}, options);
     mask.narrow(0, 0, labels).fill_(1);
-    at::Tensor q = at::empty({pixels, width}, options);
 
-    MeanFieldArgs<scalar_t> args{unary_rows.const_data_ptr<scalar_t>(),
-                                 mask.const_data_ptr<scalar_t>(),
-                                 result.mutable_data_ptr<scalar_t>(),
-                                 pixels,
-                                 image_pixels,
-                                 labels,
-                                 width,
-                                 iterations,
-                                 {}};
-    std::vector<at::Tensor> buffers;  // keeps the kernels' buffers alive
+    MeanFieldArgs<scalar_t> args{scratch.unary, mask.const_data_ptr<scalar_t>(), result.mutable_data_ptr<scalar_t>(),
+                                 pixels, image_pixels, labels, width, iterations, {}};
+    std::vector<at::Tensor> matrices;  // keeps the kernels' matrices alive
     for (size_t k = 0; k < lattices.size(); ++k) {
       const LatticeArgs& lattice = lattices[k];
+      const KernelScratch<scalar_t>& buffers = scratch.kernels[k];
       const int corners = static_cast<int>(lattice.d() + 1);
       const int64_t vertices = lattice.vertices();
-      at::Tensor splat_pixel = at::empty({pixels * corners + kSplatLookahead}, options.dtype(at::kInt));
-      at::Tensor splat_weight = at::empty({pixels * corners}, options);
-      at::Tensor norm = at::empty({pixels}, options);
-      normalized_lists(lattice, splat_pixel.mutable_data_ptr<int32_t>(), splat_weight.mutable_data_ptr<scalar_t>(),
-                       norm.mutable_data_ptr<scalar_t>());
-      at::Tensor values = at::empty({2, vertices + 1, width}, options);
-      values.select(1, vertices).zero_();
+      normalized_lists(lattice, buffers.splat_pixel, buffers.splat_weight, buffers.norm);
+      std::fill_n(buffers.values + vertices * width, width, scalar_t(0));
+      std::fill_n(buffers.spare + vertices * width, width, scalar_t(0));
       const scalar_t scale = static_cast<scalar_t>(permutohedral::lattice_scale(corners - 1));
       at::Tensor matrix;
       if (compat[k].dim() == 2) {
         matrix = at::zeros({labels, width}, options);
         matrix.narrow(1, 0, labels).copy_(compat[k] * scale);
+        matrices.push_back(matrix);
       }
       args.kernels.push_back({corners, pixels, vertices, lattice.vertex_of.const_data_ptr<int32_t>(),
-                              lattice.barycentric.const_data_ptr<scalar_t>(), norm.const_data_ptr<scalar_t>(),
+                              lattice.barycentric.const_data_ptr<scalar_t>(), buffers.norm,
                               lattice.neighbors.const_data_ptr<int32_t>(),
-                              lattice.vertex_start.const_data_ptr<int32_t>(),
-                              splat_pixel.const_data_ptr<int32_t>(), splat_weight.const_data_ptr<scalar_t>(),
-                              values[0].mutable_data_ptr<scalar_t>(), values[1].mutable_data_ptr<scalar_t>(),
+                              lattice.vertex_start.const_data_ptr<int32_t>(), buffers.splat_pixel,
+                              buffers.splat_weight, buffers.values, buffers.spare,
                               compat[k].dim() == 0 ? -compat[k].item<scalar_t>() * scale : scalar_t(0),
                               matrix.defined() ? matrix.const_data_ptr<scalar_t>() : nullptr});
-      buffers.insert(buffers.end(), {splat_pixel, splat_weight, norm, values, matrix});
     }
-    run_mean_field(args, q.mutable_data_ptr<scalar_t>());
+    run_mean_field(args, scratch.q);
+    scratch_pool().give_back(std::move(block));
   });
   return result.transpose(1, 2);
 }

@@ -46,23 +46,22 @@ inline void for_each_block(int count, const Body& body) {
   }
 }
 
-// exp(-y) lane by lane, for y >= 0 (+inf included). float: Cephes' expf
-// (range reduction by ln 2 split in two parts, degree-6 polynomial, ~1 ulp),
-// vectorised: std::exp would be called once per lane. y is clamped to 87
-// first (exp(-87) ~ 1.6e-38, the float range), on its bits as an int: a
-// float comparison would keep GCC from vectorising under -ftrapping-math.
+// exp(-y) lane by lane, for y >= 0 (+inf included: the padding's energy).
+// float: Cephes' expf (range reduction by ln 2 split in two parts, a
+// degree-6 polynomial, ~1 ulp), vectorised where std::exp would be called
+// once per lane. y is clamped to 87 first: exp(-87) ~ 1.6e-38 is about the
+// least normal float, and anything below is 0 to every sum it enters.
 // double: std::exp per lane, for the precision double is asked for.
 template <typename scalar_t>
 inline typename Simd<scalar_t>::vec exp_negative(typename Simd<scalar_t>::vec y) {
   using vec = typename Simd<scalar_t>::vec;
   if constexpr (std::is_same_v<scalar_t, float>) {
     typedef int32_t ivec __attribute__((vector_size(kVectorBytes)));
-    const ivec limit = ivec{} + static_cast<int32_t>(0x42AE0000);  // the bits of 87.0f
-    const ivec bits = (ivec)y;
-    const vec x = -(vec)(bits < limit ? bits : limit);
+    const vec limit = Simd<float>::broadcast(87.0f);
+    const vec x = -(y < limit ? y : limit);
     const vec n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2): 1.5 * 2^23 trick
     const vec r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    vec p = vec{} + 1.9875691500e-4f;
+    vec p = Simd<float>::broadcast(1.9875691500e-4f);
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
     p = p * r + 4.1665795894e-2f;
@@ -78,104 +77,131 @@ inline typename Simd<scalar_t>::vec exp_negative(typename Simd<scalar_t>::vec y)
   }
 }
 
-// Splat: each vertex's row is the sum of its corners' weights times their
-// pixels' rows of q, read in splat order (a gather: no two tasks write one
-// row, and the sum's order is fixed).
+// Splat vertices [begin, end) of a kernel: each vertex's row is the sum of
+// its corners' weights times their pixels' rows of q, read in splat order
+// (a gather: no two tasks write one row, and the sum's order is fixed).
 template <typename scalar_t>
-void splat(const KernelLattice<scalar_t>& kernel, const scalar_t* q, int width, scalar_t* out) {
+void splat(const KernelLattice<scalar_t>& kernel, const scalar_t* q, int width, int64_t begin, int64_t end,
+           scalar_t* out) {
   using S = Simd<scalar_t>;
-  const int vectors = width / S::lanes;
-  const int64_t mean_corners = kernel.corners * kernel.pixels / std::max<int64_t>(1, kernel.vertices);
-  parallel_blocks(kernel.vertices, mean_corners * width, [&](int64_t begin, int64_t end) {
-    for (int64_t v = begin; v < end; ++v) {
-      const int32_t first = kernel.vertex_start[v], last = kernel.vertex_start[v + 1];
-      for_each_block(vectors, [&](auto block) {
-        constexpr int n = decltype(block)::size;
-        typename S::vec sum[n] = {};
-        for (int32_t e = first; e < last; ++e) {
-          // The row kSplatLookahead corners ahead is fetched while this one is
-          // summed: a vertex's pixels are scattered over the image, and
-          // waiting for each row in turn would cost more than the arithmetic.
-          if (block.first == 0) {
-            const scalar_t* ahead = q + static_cast<int64_t>(kernel.splat_pixel[e + kSplatLookahead]) * width;
-            __builtin_prefetch(ahead);
-            __builtin_prefetch(ahead + width - 1);  // a row may end in the next cache line
-          }
-          const typename S::vec w = S::broadcast(kernel.splat_weight[e]);
-          const scalar_t* row = q + static_cast<int64_t>(kernel.splat_pixel[e]) * width + block.first * S::lanes;
-          for (int i = 0; i < n; ++i) sum[i] += w * S::load(row + i * S::lanes);
+  for (int64_t v = begin; v < end; ++v) {
+    const int32_t first = kernel.vertex_start[v], last = kernel.vertex_start[v + 1];
+    for_each_block(width / S::lanes, [&](auto block) {
+      constexpr int n = decltype(block)::size;
+      typename S::vec sum[n] = {};
+      for (int32_t e = first; e < last; ++e) {
+        // The row kSplatLookahead corners ahead is fetched while this one is
+        // summed: a vertex's pixels are scattered over the image, and
+        // waiting for each row in turn would cost more than the arithmetic.
+        if (block.first == 0) {
+          const scalar_t* ahead = q + static_cast<int64_t>(kernel.splat_pixel[e + kSplatLookahead]) * width;
+          __builtin_prefetch(ahead);
+          __builtin_prefetch(ahead + width - 1);  // a row may end in the next cache line
         }
-        for (int i = 0; i < n; ++i) S::store(out + v * width + (block.first + i) * S::lanes, sum[i]);
-      });
-    }
-  });
+        const typename S::vec w = S::broadcast(kernel.splat_weight[e]);
+        const scalar_t* row = q + static_cast<int64_t>(kernel.splat_pixel[e]) * width + block.first * S::lanes;
+        for (int i = 0; i < n; ++i) sum[i] += w * S::load(row + i * S::lanes);
+      }
+      for (int i = 0; i < n; ++i) S::store(out + v * width + (block.first + i) * S::lanes, sum[i]);
+    });
+  }
 }
 
-// [1/4 1/2 1/4] along one lattice direction, times `factor`; row M of `in`
-// is the zero that absent neighbours (-1) read.
+// [1/4 1/2 1/4] along one lattice direction, times `factor`, for vertices
+// [begin, end); row M of `in` is the zero that absent neighbours (-1) read.
 template <typename scalar_t>
 void blur(const scalar_t* in, const int32_t* neighbors, int64_t vertices, int width, scalar_t factor,
-          scalar_t* out) {
+          int64_t begin, int64_t end, scalar_t* out) {
   using S = Simd<scalar_t>;
-  const int vectors = width / S::lanes;
-  parallel_blocks(vertices, 3 * width, [&](int64_t begin, int64_t end) {
-    const typename S::vec half = S::broadcast(factor / 2), quarter = S::broadcast(factor / 4);
-    for (int64_t v = begin; v < end; ++v) {
-      const int32_t before = neighbors[2 * v], after = neighbors[2 * v + 1];
-      const scalar_t* a = in + (before < 0 ? vertices : before) * width;
-      const scalar_t* b = in + (after < 0 ? vertices : after) * width;
-      const scalar_t* self = in + v * width;
-      for (int i = 0; i < vectors; ++i) {
-        const int at = i * S::lanes;
-        S::store(out + v * width + at, half * S::load(self + at) + quarter * (S::load(a + at) + S::load(b + at)));
+  const typename S::vec half = S::broadcast(factor / 2), quarter = S::broadcast(factor / 4);
+  for (int64_t v = begin; v < end; ++v) {
+    const int32_t before = neighbors[2 * v], after = neighbors[2 * v + 1];
+    const scalar_t* a = in + (before < 0 ? vertices : before) * width;
+    const scalar_t* b = in + (after < 0 ? vertices : after) * width;
+    const scalar_t* self = in + v * width;
+    for (int at = 0; at < width; at += S::lanes) {
+      S::store(out + v * width + at, half * S::load(self + at) + quarter * (S::load(a + at) + S::load(b + at)));
+    }
+  }
+}
+
+// out[v] = in[v] @ matrix for vertices [begin, end): a compatibility matrix
+// applied on the lattice, where there are fewer rows than pixels (the slice
+// is linear, so slicing and multiplying commute).
+template <typename scalar_t>
+void mix_labels(const scalar_t* in, const scalar_t* matrix, int labels, int width, int64_t begin, int64_t end,
+                scalar_t* out) {
+  using S = Simd<scalar_t>;
+  for (int64_t v = begin; v < end; ++v) {
+    for_each_block(width / S::lanes, [&](auto block) {
+      constexpr int n = decltype(block)::size;
+      typename S::vec sum[n] = {};
+      for (int l = 0; l < labels; ++l) {
+        const typename S::vec x = S::broadcast(in[v * width + l]);
+        const scalar_t* row = matrix + l * width + block.first * S::lanes;
+        for (int i = 0; i < n; ++i) sum[i] += x * S::load(row + i * S::lanes);
       }
-    }
-  });
+      for (int i = 0; i < n; ++i) S::store(out + v * width + (block.first + i) * S::lanes, sum[i]);
+    });
+  }
 }
 
-// out[v] = in[v] @ matrix for every vertex: a compatibility matrix applied
-// on the lattice, where there are fewer rows than pixels (the slice is
-// linear, so slicing and multiplying commute).
-template <typename scalar_t>
-void mix_labels(const scalar_t* in, const scalar_t* matrix, int labels, int64_t vertices, int width, scalar_t* out) {
-  using S = Simd<scalar_t>;
-  const int vectors = width / S::lanes;
-  parallel_blocks(vertices, labels * width, [&](int64_t begin, int64_t end) {
-    for (int64_t v = begin; v < end; ++v) {
-      for_each_block(vectors, [&](auto block) {
-        constexpr int n = decltype(block)::size;
-        typename S::vec sum[n] = {};
-        for (int l = 0; l < labels; ++l) {
-          const typename S::vec x = S::broadcast(in[v * width + l]);
-          const scalar_t* row = matrix + l * width + block.first * S::lanes;
-          for (int i = 0; i < n; ++i) sum[i] += x * S::load(row + i * S::lanes);
-        }
-        for (int i = 0; i < n; ++i) S::store(out + v * width + (block.first + i) * S::lanes, sum[i]);
-      });
-    }
-  });
+// body(kernel, k, begin, end) over the vertices of every kernel k that
+// `which` picks, in one parallel region; work(kernel): scalar operations
+// per vertex.
+template <typename scalar_t, typename Which, typename Work, typename Body>
+void for_vertices(const std::vector<KernelLattice<scalar_t>>& kernels, const Which& which, const Work& work,
+                  const Body& body) {
+  std::vector<Span> spans;
+  for (size_t k = 0; k < kernels.size(); ++k) {
+    if (which(k)) add_spans(spans, static_cast<int>(k), kernels[k].vertices, work(kernels[k]));
+  }
+  parallel_spans(spans, [&](const Span& span) { body(kernels[span.part], span.part, span.begin, span.end); });
 }
 
-// The messages of one kernel, ready to slice: splat q, blur along every
+// Every kernel's messages, ready to slice: splat q, blur along every
 // direction, and fold in the compatibility (and the lattice's scale) on the
-// way out. Returns the buffer that holds them.
+// way out. The kernels go through each step together, one parallel region
+// per step. Returns the buffers that hold the messages.
 template <typename scalar_t>
-scalar_t* kernel_messages(KernelLattice<scalar_t>& kernel, const scalar_t* q, int labels, int width) {
-  scalar_t* current = kernel.values;
-  scalar_t* spare = kernel.spare;
-  splat(kernel, q, width, current);
-  for (int j = 0; j < kernel.corners; ++j) {
-    // A Potts weight is a factor on the last blur.
-    const bool last = j == kernel.corners - 1;
-    const scalar_t factor = last && kernel.matrix == nullptr ? kernel.potts_factor : scalar_t(1);
-    blur(current, kernel.neighbors + j * kernel.vertices * 2, kernel.vertices, width, factor, spare);
-    std::swap(current, spare);
+std::vector<const scalar_t*> messages(const std::vector<KernelLattice<scalar_t>>& kernels, const scalar_t* q,
+                                      int labels, int width) {
+  const auto every = [](size_t) { return true; };
+  std::vector<scalar_t*> current, spare;
+  int directions = 0;
+  for (const KernelLattice<scalar_t>& kernel : kernels) {
+    current.push_back(kernel.values);
+    spare.push_back(kernel.spare);
+    directions = std::max(directions, kernel.corners);
   }
-  if (kernel.matrix != nullptr) {
-    mix_labels(current, kernel.matrix, labels, kernel.vertices, width, spare);
-    std::swap(current, spare);
+  const auto splat_work = [&](const auto& kernel) {
+    return kernel.corners * kernel.pixels / std::max<int64_t>(1, kernel.vertices) * width;
+  };
+  for_vertices(kernels, every, splat_work, [&](const auto& kernel, int k, int64_t begin, int64_t end) {
+    splat(kernel, q, width, begin, end, current[k]);
+  });
+  for (int j = 0; j < directions; ++j) {
+    const auto has_direction = [&](size_t k) { return j < kernels[k].corners; };
+    const auto blur_work = [&](const auto&) { return 3 * width; };
+    for_vertices(kernels, has_direction, blur_work, [&](const auto& kernel, int k, int64_t begin, int64_t end) {
+      // A Potts weight is a factor on the last blur.
+      const bool potts_now = j == kernel.corners - 1 && kernel.matrix == nullptr;
+      blur(current[k], kernel.neighbors + j * kernel.vertices * 2, kernel.vertices, width,
+           potts_now ? kernel.potts_factor : scalar_t(1), begin, end, spare[k]);
+    });
+    for (size_t k = 0; k < kernels.size(); ++k) {
+      if (has_direction(k)) std::swap(current[k], spare[k]);
+    }
   }
-  return current;
+  const auto has_matrix = [&](size_t k) { return kernels[k].matrix != nullptr; };
+  const auto mix_work = [&](const auto&) { return labels * width; };
+  for_vertices(kernels, has_matrix, mix_work, [&](const auto& kernel, int k, int64_t begin, int64_t end) {
+    mix_labels(current[k], kernel.matrix, labels, width, begin, end, spare[k]);
+  });
+  for (size_t k = 0; k < kernels.size(); ++k) {
+    if (has_matrix(k)) std::swap(current[k], spare[k]);
+  }
+  return {current.begin(), current.end()};
 }
 
 // The sum, or the minimum, of a vector's lanes, as a tree: log2(lanes) steps
@@ -222,7 +248,7 @@ void update_q(const MeanFieldArgs<scalar_t>& args, const std::vector<const scala
   parallel_blocks(args.pixels, work, [&](int64_t begin, int64_t end) {
     // The energies of a row longer than one block. Not a std::vector: its
     // members are compiled once, for the baseline CPU, and vec may be wider.
-    const std::unique_ptr<vec[]> row(new vec[vectors]);
+    const std::unique_ptr<vec[]> row(vectors > 4 ? new vec[vectors] : nullptr);
     // One block of pixel p's energy: its unary plus every kernel's slice.
     auto energy = [&](int64_t p, auto block, vec* sum) {
       constexpr int n = decltype(block)::size;
@@ -275,13 +301,9 @@ void update_q(const MeanFieldArgs<scalar_t>& args, const std::vector<const scala
 // Q_0 = softmax(-unary), then `iterations` times Q <- softmax(-unary - messages(Q)),
 // in the padded rows of q; the last Q goes to the result.
 template <typename scalar_t>
-void mean_field(MeanFieldArgs<scalar_t>& args, scalar_t* q) {
+void mean_field(const MeanFieldArgs<scalar_t>& args, scalar_t* q) {
   update_q(args, {}, args.iterations == 0, q);
   for (int64_t it = 0; it < args.iterations; ++it) {
-    std::vector<const scalar_t*> messages;
-    for (KernelLattice<scalar_t>& kernel : args.kernels) {
-      messages.push_back(kernel_messages(kernel, q, args.labels, args.width));
-    }
-    update_q(args, messages, it == args.iterations - 1, q);
+    update_q(args, messages(args.kernels, q, args.labels, args.width), it == args.iterations - 1, q);
   }
 }

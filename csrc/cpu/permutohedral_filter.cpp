@@ -3,11 +3,15 @@
 // slice any number of value channels with it), and their registration for
 // the CPU dispatch key.
 //
-// Building: the simplex of every pixel is found in parallel; the vertices
-// are then numbered by one pass through a hash table per image, in pixel
-// order, so the numbering (and every result) is the same on every run and
-// thread count. Neighbouring pixels often share a simplex, and then the
-// previous pixel's vertices are reused without hashing.
+// Building, per image: each thread takes a chunk of pixels, finds their
+// simplices (64 pixels at a time, in loops the compiler vectorises) and
+// numbers their vertices in a hash table of its own; the chunks' tables are
+// then merged in pixel order, so vertices are numbered in order of first
+// appearance in pixel order, the same numbering on every run and thread
+// count. Neighbouring pixels often share a simplex, and then the previous
+// pixel's vertices are reused without hashing. The neighbours of every
+// vertex and the corners of every vertex (a counting sort) follow in
+// parallel. The common feature counts (d = 2..5) are compile-time constants.
 //
 // Applying: every step is a gather, parallel without atomics or races. The
 // splat reads, for each vertex, the corners that land on it (splat_order
@@ -426,7 +430,8 @@ void splat(const scalar_t* values, const LatticeArgs& lattice, int64_t channels,
   const int32_t* start = lattice.vertex_start.const_data_ptr<int32_t>();
   const scalar_t* weight = lattice.barycentric.const_data_ptr<scalar_t>();
   const int64_t mean_corners = lattice.splat_order.numel() / std::max<int64_t>(1, lattice.vertices());
-  at::parallel_for(0, lattice.vertices(), grain_for(mean_corners * channels), [&](int64_t begin, int64_t end) {
+  // Vertices gather unequal numbers of corners: blocks handed out as threads come free.
+  parallel_blocks(lattice.vertices(), mean_corners * channels, [&](int64_t begin, int64_t end) {
     for (int64_t v = begin; v < end; ++v) {
       scalar_t* acc = lattice_values + v * channels;
       std::fill_n(acc, channels, scalar_t(0));
