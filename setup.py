@@ -50,7 +50,7 @@ def _extension_modules():
 ext_modules, cmdclass = _extension_modules()
 
 setup(
-    packages=["fastseg", "fastseg.crf", "fastseg.ops", "fastseg.reference", "fastseg.kernels"],
+    packages=["fastseg", "fastseg.crf", "fastseg.models", "fastseg.ops", "fastseg.reference", "fastseg.kernels"],
     package_dir={"fastseg.kernels": "kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -4,10 +4,10 @@ Importing fastseg never fails for want of Triton, a GPU or the compiled
 extension; asking for a backend that cannot run raises an error saying why.
 """
 
-from . import ops, reference
+from . import models, ops, reference
 from ._backend import BackendUnavailable
 from ._info import backends
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailable", "__version__", "backends", "ops", "reference"]
+__all__ = ["BackendUnavailable", "__version__", "backends", "models", "ops", "reference"]

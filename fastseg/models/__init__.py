@@ -1,0 +1,7 @@
+"""Segmentation models built from ``fastseg.ops`` layers, with builders in
+the style of ``torchvision.models.segmentation``; ``create(name, **kwargs)``
+builds any of them by name and ``list_models()`` names them all."""
+
+from ._registry import create, list_models, register_model
+
+__all__ = ["create", "list_models", "register_model"]
