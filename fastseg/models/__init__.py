@@ -1,7 +1,9 @@
 """Segmentation models built from ``fastseg.ops`` layers, with builders in
 the style of ``torchvision.models.segmentation``; ``create(name, **kwargs)``
-builds any of them by name and ``list_models()`` names them all."""
+builds any of them by name and ``list_models()`` names them all; ``set_backend(model, name)`` runs
+every fastseg layer of a model on one backend."""
 
+from ._backends import set_backend
 from ._registry import create, list_models, register_model
 
-__all__ = ["create", "list_models", "register_model"]
+__all__ = ["create", "list_models", "register_model", "set_backend"]
