@@ -39,13 +39,14 @@ TORCH_LIBRARY(fastseg_C, m) {
   m.def(
       "permutohedral_apply(Tensor values, Tensor vertex_of, Tensor barycentric, Tensor neighbors, "
       "Tensor splat_order, Tensor vertex_start, bool reverse) -> Tensor");
-  // Mean-field inference of a dense CRF (no gradient): the unary [B, N, L],
-  // one lattice per kernel (as permutohedral_lattice builds it; the op
-  // normalises it) and its compatibility, a 0-dim Potts weight or a
-  // symmetric [L, L] matrix -> Q [B, N, L], a view of [B, L, N] memory.
+  // Mean-field inference of a dense CRF (no gradient): scores [B, N, L] (any
+  // strides) that are the unary, logits or probabilities (scores_are), one
+  // lattice per kernel (as permutohedral_lattice builds it; the op normalises
+  // it) and its compatibility, a 0-dim Potts weight or a symmetric [L, L]
+  // matrix -> Q [B, N, L], a view of [B, L, N] memory.
   // See fastseg/ops/dense_crf.py.
   m.def(
-      "dense_crf_mean_field(Tensor unary, Tensor[] vertex_of, Tensor[] barycentric, Tensor[] neighbors, "
+      "dense_crf_mean_field(Tensor scores, str scores_are, Tensor[] vertex_of, Tensor[] barycentric, Tensor[] neighbors, "
       "Tensor[] splat_order, Tensor[] vertex_start, Tensor[] compat, int iterations) -> Tensor");
 }
 

@@ -32,9 +32,9 @@ def apply_lattice(values: torch.Tensor, lattice: LatticeTensors, reverse: bool =
     return _ops().permutohedral_apply(values, *lattice, reverse)
 
 
-
-def dense_crf_mean_field(unary: torch.Tensor, vertex_of: list[torch.Tensor], barycentric: list[torch.Tensor],
-                         neighbors: list[torch.Tensor], splat_order: list[torch.Tensor],
-                         vertex_start: list[torch.Tensor], compat: list[torch.Tensor], iterations: int) -> torch.Tensor:
-    return _ops().dense_crf_mean_field(unary, vertex_of, barycentric, neighbors, splat_order, vertex_start, compat,
-                                       iterations)
+def dense_crf_mean_field(scores: torch.Tensor, scores_are: str, vertex_of: list[torch.Tensor],
+                         barycentric: list[torch.Tensor], neighbors: list[torch.Tensor],
+                         splat_order: list[torch.Tensor], vertex_start: list[torch.Tensor],
+                         compat: list[torch.Tensor], iterations: int) -> torch.Tensor:
+    return _ops().dense_crf_mean_field(scores, scores_are, vertex_of, barycentric, neighbors, splat_order,
+                                       vertex_start, compat, iterations)

@@ -9,6 +9,7 @@ is the op's own computation done another way (compared to rounding). The
 backends must agree with fastseg.reference.dense_crf to float32 rounding.
 """
 
+import importlib
 import math
 import os
 import subprocess
@@ -21,12 +22,17 @@ import torch.nn.functional as F
 import fastseg
 from crf_helpers import DTYPES, OUTPUT_TOL, coloured_regions, dtype_id, positions
 from fastseg import _compiled_ops
-from fastseg.ops import DenseCRF, dense_crf, permutohedral_lattice
+from fastseg.ops import DenseCRF, Lattice, dense_crf, permutohedral_lattice
 from pool_helpers import on_devices
+
+# The module, not fastseg.reference's dense_crf function.
+reference_crf = importlib.import_module("fastseg.reference.dense_crf")
+LatticeTensors = importlib.import_module("fastseg.reference.permutohedral_filter").LatticeTensors
 
 CRF_BACKENDS = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "reference")}
 BACKENDS = on_devices(CRF_BACKENDS)
 CPU_BACKENDS = CRF_BACKENDS["cpu"]
+SCORE_KINDS = ("logits", "probabilities", "unary")
 
 DEFAULTS = dict(gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0, bilateral_srgb=13.0, bilateral_compat=10.0,
                 spacing=1.0)
@@ -623,20 +629,53 @@ def test_fused_mean_field_is_deterministic(gen):
         torch.set_num_threads(threads)
 
 
-def mean_field_op_inputs(gen, labels=4):
+def mean_field_op_inputs(gen, labels=4, scores_are="logits"):
+    """The fused op's arguments: scores [B, N, L] (a view of [B, L, N]
+    memory, as dense_crf passes them), lattices, compatibilities."""
     logits, image, params = fused_case(gen, labels, "matrix", torch.float32)
-    unary = -torch.log_softmax(logits, 1).reshape(2, labels, -1).transpose(1, 2)
+    scores = {"logits": logits, "probabilities": torch.softmax(8 * logits, 1),
+              "unary": -torch.log_softmax(logits, 1)}[scores_are].reshape(2, labels, -1).transpose(1, 2)
     features = torch.cat([positions(image.shape[2:], (0.3, 0.3)).float().expand(2, -1, -1, -1),
                           image.float() / 20], 1)
     lattices = [permutohedral_lattice(f, backend="cpp").tensors for f in (features[:, :2], features)]
     fields = [list(field) for field in zip(*lattices)]
-    return unary, fields, [torch.tensor(2.0), params["bilateral_compat"]]
+    return scores, scores_are, fields, [torch.tensor(2.0), params["bilateral_compat"]]
 
 
-def test_opcheck_fused_mean_field(gen):
-    unary, fields, compat = mean_field_op_inputs(gen)
-    torch.library.opcheck(torch.ops.fastseg.dense_crf_mean_field.default, (unary.contiguous(), *fields, compat, 3))
-    torch.library.opcheck(torch.ops.fastseg.dense_crf_mean_field.default, (unary, *fields, compat, 0))
+@pytest.mark.parametrize("scores_are", SCORE_KINDS)
+def test_opcheck_fused_mean_field(scores_are, gen):
+    scores, _, fields, compat = mean_field_op_inputs(gen, scores_are=scores_are)
+    op = torch.ops.fastseg.dense_crf_mean_field.default
+    torch.library.opcheck(op, (scores.contiguous(), scores_are, *fields, compat, 3))
+    torch.library.opcheck(op, (scores, scores_are, *fields, compat, 0))
+
+
+@pytest.mark.parametrize("layout", ["label-major", "pixel-major", "strided"])
+@pytest.mark.parametrize("scores_are", SCORE_KINDS)
+@pytest.mark.parametrize("labels", [1, 4, 21, 37])
+def test_fused_op_makes_the_unary_as_the_reference(labels, scores_are, layout, gen):
+    """The op computes the unary from scores of each kind (probabilities
+    below pydensecrf's clip included) in any memory layout, with its own
+    vectorised log and exp; Q matches the reference iteration's on the
+    op's own lattices (0 iterations: Q_0 = softmax(-unary) alone)."""
+    scores, _, fields, compat = mean_field_op_inputs(gen, labels, scores_are)
+    if scores_are == "probabilities" and labels > 1:
+        assert (scores < reference_crf.PROBABILITY_CLIP).any()
+    scores = {"label-major": scores, "pixel-major": scores.contiguous(),
+              "strided": scores.repeat(1, 1, 2)[..., ::2]}[layout]
+    lattices = [Lattice(LatticeTensors(*tensors), (9, 11), "cpp") for tensors in zip(*fields)]
+    filters = [(reference_crf.normalized_filter(lattice.apply_flat, scores), c) for lattice, c in zip(lattices, compat)]
+    for iterations in (0, 2):
+        expected = reference_crf.solve_mean_field(scores, scores_are, [(f, c if c.dim() else float(c)) for f, c in filters],
+                                    iterations)
+        got = _compiled_ops.dense_crf_mean_field(scores, scores_are, *fields, compat, iterations)
+        torch.testing.assert_close(got, expected, rtol=0, atol=OUTPUT_TOL[torch.float32])
+
+
+def test_fused_op_rejects_an_unknown_score_kind(gen):
+    scores, _, fields, compat = mean_field_op_inputs(gen)
+    with pytest.raises(RuntimeError, match="scores_are must be 'unary', 'logits' or 'probabilities', got 'energy'"):
+        _compiled_ops.dense_crf_mean_field(scores, "energy", *fields, compat, 1)
 
 
 def test_compile_fullgraph_traces_the_fused_op(gen, fresh_dynamo):
@@ -651,16 +690,18 @@ def test_compile_fullgraph_traces_the_fused_op(gen, fresh_dynamo):
 def test_portable_kernels_match_the_vector_ones(gen, tmp_path):
     """ATEN_CPU_CAPABILITY=default runs the op's 16-byte-vector kernels
     (those of CPUs without AVX2); they agree with the ones picked here."""
-    torch.save(mean_field_op_inputs(gen, labels=21), tmp_path / "inputs.pt")
+    inputs = [mean_field_op_inputs(gen, labels=21, scores_are=kind) for kind in SCORE_KINDS]
+    torch.save(inputs, tmp_path / "inputs.pt")
     script = ("import sys, torch, fastseg; from fastseg import _compiled_ops\n"
-              "unary, fields, compat = torch.load(sys.argv[1])\n"
-              "torch.save(_compiled_ops.dense_crf_mean_field(unary, *fields, compat, 4), sys.argv[2])\n")
+              "inputs = torch.load(sys.argv[1])\n"
+              "torch.save([_compiled_ops.dense_crf_mean_field(scores, kind, *fields, compat, 4)\n"
+              "            for scores, kind, fields, compat in inputs], sys.argv[2])\n")
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
     subprocess.run([sys.executable, "-c", script, tmp_path / "inputs.pt", tmp_path / "portable.pt"], env=env,
                    check=True)
-    unary, fields, compat = torch.load(tmp_path / "inputs.pt")
-    here = _compiled_ops.dense_crf_mean_field(unary, *fields, compat, 4)
-    torch.testing.assert_close(torch.load(tmp_path / "portable.pt"), here, rtol=0, atol=OUTPUT_TOL[torch.float32])
+    for (scores, kind, fields, compat), portable in zip(inputs, torch.load(tmp_path / "portable.pt")):
+        here = _compiled_ops.dense_crf_mean_field(scores, kind, *fields, compat, 4)
+        torch.testing.assert_close(portable, here, rtol=0, atol=OUTPUT_TOL[torch.float32], msg=kind)
 
 
 # --- edge cases: empty batches, the layout of the result -------------------------------------------

@@ -7,15 +7,17 @@
 // Why one op: through PyTorch an iteration makes a dozen passes over [B, N, L]
 // tensors, each freshly allocated, and the filter's loops run over a channel
 // count known only at run time. Here the buffers are allocated once per call,
-// the labels are padded to whole SIMD vectors, the normalisation is computed
-// once (a one-channel filter, in scalars), and an iteration is: splat Q onto
-// every kernel's lattice (a gather in splat order, from lists of pixels and
-// weights made once), blur along the d+1 directions and fold each kernel's
-// compatibility into its last blur (a Potts weight) or into one label mix on
-// the lattice (a matrix); then a single pass over the pixels slices every
-// kernel's messages, adds the unary and takes the softmax, writing Q in
-// place (after the last iteration, label-major into the result). Each step
-// is one parallel region for all kernels, its work handed out in blocks as
+// the labels are padded to whole SIMD vectors, the unary and Q_0 are made
+// from the scores (logits, probabilities or the unary, in their own layout)
+// in one pass, the normalisation is computed once (a one-channel filter, in
+// scalars), and an iteration is: splat Q onto every kernel's lattice (a
+// gather in splat order, from lists of pixels and weights made once), blur
+// along the d+1 directions and fold each kernel's compatibility into its last
+// blur (a Potts weight) or into one label mix on the lattice (a matrix); then
+// a single pass over the pixels slices every kernel's messages, adds the
+// unary and takes the softmax, writing Q in place (after the last iteration
+// also label-major into the result, a tile of pixels at a time). Each step is
+// one parallel region for all kernels, its work handed out in blocks as
 // threads come free.
 //
 // Deterministic whatever the thread count: every sum is a gather in a fixed
@@ -68,6 +70,24 @@ constexpr int kMaxVectorBytes = 32;
 constexpr int kSplatLookahead = 32;
 constexpr int kSliceLookahead = 4;
 
+// Pixels per tile where rows and label planes are transposed (see
+// for_each_tile() in dense_crf_kernels.h).
+constexpr int64_t kTilePixels = 64;
+
+// pydensecrf's unary_from_softmax clips probabilities here before the log;
+// fastseg/reference/dense_crf.py's PROBABILITY_CLIP.
+constexpr double kProbabilityClip = 1e-5;
+
+// What the op's scores are: the unary itself, logits, or probabilities.
+enum class ScoreKind { kUnary, kLogits, kProbabilities };
+
+template <typename scalar_t>
+struct Scores {
+  const scalar_t* data;  // [B, N, L] with the strides below
+  int64_t image_stride, pixel_stride, label_stride;
+  ScoreKind kind;
+};
+
 // One CRF kernel's lattice in the layout of the iteration.
 template <typename scalar_t>
 struct KernelLattice {
@@ -89,7 +109,8 @@ struct KernelLattice {
 
 template <typename scalar_t>
 struct MeanFieldArgs {
-  const scalar_t* unary;  // [P, width], +inf in the padding
+  Scores<scalar_t> scores;
+  scalar_t* unary;        // [P, width], +inf in the padding: made from the scores by the first pass
   const scalar_t* mask;   // [width]: 1 for a label, 0 for padding
   scalar_t* result;       // [B, labels, N]
   int64_t pixels;         // P = B*N
@@ -134,23 +155,6 @@ void run_mean_field(const MeanFieldArgs<scalar_t>& args, scalar_t* q) {
   if (use_avx2()) return avx2::mean_field(args, q);
 #endif
   portable::mean_field(args, q);
-}
-
-// unary [B, N, L], any strides -> rows [B*N, width], +inf in the padding.
-// The caller's unary is usually a view of [B, L, N] memory (the logits'
-// layout); reading it by its strides spares a transposed copy.
-template <typename scalar_t>
-void copy_to_rows(const at::Tensor& unary, int width, scalar_t* rows) {
-  const int64_t image_pixels = unary.size(1), labels = unary.size(2);
-  const int64_t image_stride = unary.stride(0), pixel_stride = unary.stride(1), label_stride = unary.stride(2);
-  const scalar_t* in = unary.const_data_ptr<scalar_t>();
-  at::parallel_for(0, unary.size(0) * image_pixels, grain_for(width), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const scalar_t* pixel = in + (p / image_pixels) * image_stride + (p % image_pixels) * pixel_stride;
-      for (int64_t l = 0; l < labels; ++l) rows[p * width + l] = pixel[l * label_stride];
-      std::fill(rows + p * width + labels, rows + (p + 1) * width, std::numeric_limits<scalar_t>::infinity());
-    }
-  });
 }
 
 // A lattice in the layout of the iteration: the splat lists (each corner's
@@ -310,27 +314,35 @@ Scratch<scalar_t> carve_scratch(Carver& carver, int64_t pixels, int width, const
   return scratch;
 }
 
-void check_mean_field(const at::Tensor& unary, const std::vector<LatticeArgs>& lattices, at::TensorList compat,
+ScoreKind score_kind(std::string_view scores_are, const char* op) {
+  if (scores_are == "unary") return ScoreKind::kUnary;
+  if (scores_are == "logits") return ScoreKind::kLogits;
+  TORCH_CHECK(scores_are == "probabilities", op, ": scores_are must be 'unary', 'logits' or 'probabilities', got '",
+              scores_are, "'");
+  return ScoreKind::kProbabilities;
+}
+
+void check_mean_field(const at::Tensor& scores, const std::vector<LatticeArgs>& lattices, at::TensorList compat,
                       int64_t iterations, const char* op) {
-  TORCH_CHECK(unary.dim() == 3, op, ": unary must be 3-D [B, N, L], got ", unary.dim(), "-D");
-  check_float_dtype(unary, op, "unary");
-  TORCH_CHECK(unary.device().is_cpu(), op, ": expected CPU tensors, got ", unary.device());
+  TORCH_CHECK(scores.dim() == 3, op, ": scores must be 3-D [B, N, L], got ", scores.dim(), "-D");
+  check_float_dtype(scores, op, "scores");
+  TORCH_CHECK(scores.device().is_cpu(), op, ": expected CPU tensors, got ", scores.device());
   TORCH_CHECK(iterations >= 0, op, ": iterations must be >= 0, got ", iterations);
   TORCH_CHECK(compat.size() == lattices.size(), op, ": one compatibility per lattice, got ", compat.size(),
               " for ", lattices.size());
-  const int64_t labels = unary.size(2);
+  const int64_t labels = scores.size(2);
   for (size_t k = 0; k < lattices.size(); ++k) {
-    check_apply(unary, lattices[k], op);
+    check_apply(scores, lattices[k], op);
     TORCH_CHECK(compat[k].dim() == 0 || (compat[k].dim() == 2 && compat[k].size(0) == labels &&
                                          compat[k].size(1) == labels),
                 op, ": compat must be a 0-dim Potts weight or an [L, L] = [", labels, ", ", labels,
                 "] matrix, got shape ", compat[k].sizes());
-    TORCH_CHECK(compat[k].scalar_type() == unary.scalar_type() && compat[k].device().is_cpu(), op,
-                ": compat must be a CPU tensor of the dtype of unary (", unary.scalar_type(), ")");
+    TORCH_CHECK(compat[k].scalar_type() == scores.scalar_type() && compat[k].device().is_cpu(), op,
+                ": compat must be a CPU tensor of the dtype of scores (", scores.scalar_type(), ")");
   }
 }
 
-at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vertex_of, at::TensorList barycentric,
+at::Tensor dense_crf_mean_field_cpu(const at::Tensor& scores, c10::string_view scores_are, at::TensorList vertex_of, at::TensorList barycentric,
                                     at::TensorList neighbors, at::TensorList splat_order,
                                     at::TensorList vertex_start, at::TensorList compat, int64_t iterations) {
   constexpr const char* op = "fastseg::dense_crf_mean_field";
@@ -342,28 +354,30 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& unary, at::TensorList vert
     lattices.push_back({vertex_of[k].contiguous(), barycentric[k].contiguous(), neighbors[k].contiguous(),
                         splat_order[k].contiguous(), vertex_start[k].contiguous()});
   }
-  check_mean_field(unary, lattices, compat, iterations, op);
-  const int64_t batch = unary.size(0), image_pixels = unary.size(1), pixels = batch * image_pixels;
-  const int labels = static_cast<int>(unary.size(2));
+  const ScoreKind kind = score_kind(std::string_view(scores_are.data(), scores_are.size()), op);
+  check_mean_field(scores, lattices, compat, iterations, op);
+  const int64_t batch = scores.size(0), image_pixels = scores.size(1), pixels = batch * image_pixels;
+  const int labels = static_cast<int>(scores.size(2));
   // Q is written label-major, [B, L, N], the layout of the logits it is
   // turned back into, and returned as its [B, N, L] view.
-  at::Tensor result = at::empty({batch, labels, image_pixels}, unary.options());
+  at::Tensor result = at::empty({batch, labels, image_pixels}, scores.options());
   if (result.numel() == 0) return result.transpose(1, 2);
 
-  AT_DISPATCH_FLOATING_TYPES(unary.scalar_type(), op, [&] {
+  AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), op, [&] {
     constexpr int per_vector = kMaxVectorBytes / sizeof(scalar_t);
     const int width = (labels + per_vector - 1) / per_vector * per_vector;
-    const at::TensorOptions options = unary.options();
+    const at::TensorOptions options = scores.options();
     Carver sizing;
     carve_scratch<scalar_t>(sizing, pixels, width, lattices);
     ScratchBlock block = scratch_pool().take(sizing.used());
     Carver carver(block.data.get());
     const Scratch<scalar_t> scratch = carve_scratch<scalar_t>(carver, pixels, width, lattices);
-    copy_to_rows(unary, width, scratch.unary);
     at::Tensor mask = at::zeros({width}, options);
     mask.narrow(0, 0, labels).fill_(1);
 
-    MeanFieldArgs<scalar_t> args{scratch.unary, mask.const_data_ptr<scalar_t>(), result.mutable_data_ptr<scalar_t>(),
+    const Scores<scalar_t> score_view{scores.const_data_ptr<scalar_t>(), scores.stride(0), scores.stride(1),
+                                      scores.stride(2), kind};
+    MeanFieldArgs<scalar_t> args{score_view, scratch.unary, mask.const_data_ptr<scalar_t>(), result.mutable_data_ptr<scalar_t>(),
                                  pixels, image_pixels, labels, width, iterations, {}};
     std::vector<at::Tensor> matrices;  // keeps the kernels' matrices alive
     for (size_t k = 0; k < lattices.size(); ++k) {

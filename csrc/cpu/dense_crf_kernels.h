@@ -20,11 +20,9 @@ struct Simd {
 
   static vec load(const scalar_t* p) { return *reinterpret_cast<const unaligned*>(p); }
   static void store(scalar_t* p, vec v) { *reinterpret_cast<unaligned*>(p) = v; }
-  static vec broadcast(scalar_t x) {
-    vec v;
-    for (int i = 0; i < lanes; ++i) v[i] = x;
-    return v;
-  }
+  // (A scalar added to a vector is broadcast: one vbroadcastss, where a
+  // loop over the lanes compiles to a chain of inserts.)
+  static vec broadcast(scalar_t x) { return vec{} + x; }
 };
 
 // Calls body(Block<N>{first}) for consecutive blocks of at most four vectors
@@ -53,7 +51,7 @@ inline void for_each_block(int count, const Body& body) {
 // least normal float, and anything below is 0 to every sum it enters.
 // double: std::exp per lane, for the precision double is asked for.
 template <typename scalar_t>
-inline typename Simd<scalar_t>::vec exp_negative(typename Simd<scalar_t>::vec y) {
+__attribute__((always_inline)) inline typename Simd<scalar_t>::vec exp_negative(typename Simd<scalar_t>::vec y) {
   using vec = typename Simd<scalar_t>::vec;
   if constexpr (std::is_same_v<scalar_t, float>) {
     typedef int32_t ivec __attribute__((vector_size(kVectorBytes)));
@@ -73,6 +71,40 @@ inline typename Simd<scalar_t>::vec exp_negative(typename Simd<scalar_t>::vec y)
   } else {
     vec out;
     for (int i = 0; i < Simd<scalar_t>::lanes; ++i) out[i] = std::exp(-y[i]);
+    return out;
+  }
+}
+
+// ln x lane by lane, for normal x > 0 (the probabilities' unary: they are
+// clipped to kProbabilityClip first). float: Cephes' logf (x = m 2^e with m
+// in [sqrt(1/2), sqrt(2)), a degree-9 polynomial in m - 1, ~1 ulp),
+// vectorised as exp_negative is; double: std::log per lane.
+template <typename scalar_t>
+__attribute__((always_inline)) inline typename Simd<scalar_t>::vec log_positive(typename Simd<scalar_t>::vec x) {
+  using vec = typename Simd<scalar_t>::vec;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    typedef int32_t ivec __attribute__((vector_size(kVectorBytes)));
+    const ivec bits = (ivec)x;
+    vec e = __builtin_convertvector(((bits >> 23) & 0xff) - 126, vec);
+    vec m = (vec)((bits & 0x007fffff) | 0x3f000000);  // in [1/2, 1)
+    const auto small = m < 0.707106781186547524f;      // lanes of all ones where true
+    e -= (vec)((ivec)Simd<float>::broadcast(1.0f) & (ivec)small);
+    m = m + (vec)((ivec)m & (ivec)small) - 1.0f;        // m - 1, or 2m - 1 where m was small
+    const vec z = m * m;
+    vec y = Simd<float>::broadcast(7.0376836292e-2f);
+    y = y * m - 1.1514610310e-1f;
+    y = y * m + 1.1676998740e-1f;
+    y = y * m - 1.2420140846e-1f;
+    y = y * m + 1.4249322787e-1f;
+    y = y * m - 1.6668057665e-1f;
+    y = y * m + 2.0000714765e-1f;
+    y = y * m - 2.4999993993e-1f;
+    y = y * m + 3.3333331174e-1f;
+    y = y * m * z - 2.12194440e-4f * e - 0.5f * z;
+    return m + y + 0.693359375f * e;
+  } else {
+    vec out;
+    for (int i = 0; i < Simd<scalar_t>::lanes; ++i) out[i] = std::log(x[i]);
     return out;
   }
 }
@@ -233,13 +265,81 @@ inline void softmax_negative(typename Simd<scalar_t>::vec* e, Count count, const
   for (int i = 0; i < count; ++i) e[i] *= inverse;
 }
 
+// Pixels [begin, end) in tiles of at most kTilePixels that do not cross an
+// image: body(first, last) per tile. A tile's rows fit in the L1 cache, so
+// the transposition between rows [pixel, label] and planes [label, pixel]
+// goes through it in runs of kTilePixels contiguous values (a pixel at a time,
+// it would be one store or load per label plane, a page apart).
+template <typename Body>
+inline void for_each_tile(int64_t begin, int64_t end, int64_t image_pixels, const Body& body) {
+  for (int64_t first = begin; first < end;) {
+    const int64_t last = std::min({first + kTilePixels, end, (first / image_pixels + 1) * image_pixels});
+    body(first, last);
+    first = last;
+  }
+}
+
+// The unary rows of pixels [first, last) (one tile of one image), from the
+// scores: the unary itself, -log max(p, clip) of probabilities, or
+// -log softmax of logits; +inf in the padding.
+template <typename scalar_t>
+void unary_rows(const MeanFieldArgs<scalar_t>& args, int64_t first, int64_t last) {
+  using S = Simd<scalar_t>;
+  using vec = typename S::vec;
+  const Scores<scalar_t>& scores = args.scores;
+  const int width = args.width, labels = args.labels;
+  const int64_t image = first / args.image_pixels;
+  const scalar_t* in = scores.data + image * scores.image_stride + (first - image * args.image_pixels) * scores.pixel_stride;
+  scalar_t* rows = args.unary + first * width;
+  const int64_t count = last - first;
+  for (int l = 0; l < labels; ++l) {
+    for (int64_t p = 0; p < count; ++p) rows[p * width + l] = in[p * scores.pixel_stride + l * scores.label_stride];
+  }
+  constexpr scalar_t infinity = std::numeric_limits<scalar_t>::infinity();
+  for (int64_t p = 0; p < count; ++p) {
+    scalar_t* row = rows + p * width;
+    if (scores.kind == ScoreKind::kProbabilities) {
+      const vec clip = S::broadcast(static_cast<scalar_t>(kProbabilityClip));
+      for (int at = 0; at < width; at += S::lanes) {
+        const vec x = S::load(row + at);
+        S::store(row + at, -log_positive<scalar_t>(x > clip ? x : clip));
+      }
+    } else if (scores.kind == ScoreKind::kLogits) {
+      // -log softmax = log sum exp(x - max) + max - x; padding lanes are -inf
+      // here, so they are never the maximum, and the mask zeroes their terms.
+      std::fill(row + labels, row + width, -infinity);
+      vec high = S::load(row);
+      for (int at = S::lanes; at < width; at += S::lanes) high = S::load(row + at) > high ? S::load(row + at) : high;
+      const scalar_t maximum = -reduce_lanes<scalar_t>(-high, true);
+      vec total = {};
+      for (int at = 0; at < width; at += S::lanes) {
+        total += exp_negative<scalar_t>(maximum - S::load(row + at)) * S::load(args.mask + at);
+      }
+      const scalar_t shift = std::log(reduce_lanes<scalar_t>(total, false)) + maximum;
+      for (int at = 0; at < width; at += S::lanes) S::store(row + at, shift - S::load(row + at));
+    }
+    std::fill(row + labels, row + width, infinity);
+  }
+}
+
+// Rows of q [first, last) (one tile of one image) to the result's label planes.
+template <typename scalar_t>
+void write_planes(const MeanFieldArgs<scalar_t>& args, const scalar_t* q, int64_t first, int64_t last) {
+  const int64_t image = first / args.image_pixels;
+  scalar_t* out = args.result + image * args.labels * args.image_pixels + (first - image * args.image_pixels);
+  for (int l = 0; l < args.labels; ++l) {
+    for (int64_t p = first; p < last; ++p) out[l * args.image_pixels + (p - first)] = q[p * args.width + l];
+  }
+}
+
 // For every pixel: the energy, its unary plus each kernel's messages sliced
 // with the pixel's weights, then Q = softmax(-energy) over the labels,
-// written to the padded rows of q, or, after the last iteration, to the
+// written to the padded rows of q and, after the last iteration, to the
 // result's label planes. Without messages, Q = softmax(-unary).
-template <typename scalar_t>
+// prepare(first, last) runs on each tile of pixels before it is computed.
+template <typename scalar_t, typename Prepare>
 void update_q(const MeanFieldArgs<scalar_t>& args, const std::vector<const scalar_t*>& messages, bool last,
-              scalar_t* q) {
+              scalar_t* q, const Prepare& prepare) {
   using S = Simd<scalar_t>;
   using vec = typename S::vec;
   const int width = args.width, vectors = width / S::lanes;
@@ -272,38 +372,38 @@ void update_q(const MeanFieldArgs<scalar_t>& args, const std::vector<const scala
         }
       }
     };
-    auto write = [&](int64_t p, const vec* e, int count) {
-      if (!last) {
-        for (int i = 0; i < count; ++i) S::store(q + p * width + i * S::lanes, e[i]);
-        return;
-      }
-      const int64_t image = p / args.image_pixels, pixel = p - image * args.image_pixels;
-      scalar_t* out = args.result + image * args.labels * args.image_pixels + pixel;
-      for (int l = 0; l < args.labels; ++l) out[l * args.image_pixels] = e[l / S::lanes][l % S::lanes];
+    auto store = [&](int64_t p, const vec* e, int count) {
+      for (int i = 0; i < count; ++i) S::store(q + p * width + i * S::lanes, e[i]);
     };
-    for (int64_t p = begin; p < end; ++p) {
-      if (vectors <= 4) {  // one block: the row stays in registers
-        for_each_block(vectors, [&](auto block) {
-          vec sum[decltype(block)::size];
-          energy(p, block, sum);
-          softmax_negative<scalar_t>(sum, std::integral_constant<int, decltype(block)::size>{}, args.mask);
-          write(p, sum, decltype(block)::size);
-        });
-      } else {
-        for_each_block(vectors, [&](auto block) { energy(p, block, row.get() + block.first); });
-        softmax_negative<scalar_t>(row.get(), vectors, args.mask);
-        write(p, row.get(), vectors);
+    for_each_tile(begin, end, args.image_pixels, [&](int64_t first, int64_t stop) {
+      prepare(first, stop);
+      for (int64_t p = first; p < stop; ++p) {
+        if (vectors <= 4) {  // one block: the row stays in registers
+          for_each_block(vectors, [&](auto block) {
+            vec sum[decltype(block)::size];
+            energy(p, block, sum);
+            softmax_negative<scalar_t>(sum, std::integral_constant<int, decltype(block)::size>{}, args.mask);
+            store(p, sum, decltype(block)::size);
+          });
+        } else {
+          for_each_block(vectors, [&](auto block) { energy(p, block, row.get() + block.first); });
+          softmax_negative<scalar_t>(row.get(), vectors, args.mask);
+          store(p, row.get(), vectors);
+        }
       }
-    }
+      if (last) write_planes(args, q, first, stop);
+    });
   });
 }
 
-// Q_0 = softmax(-unary), then `iterations` times Q <- softmax(-unary - messages(Q)),
-// in the padded rows of q; the last Q goes to the result.
+// The unary from the scores and Q_0 = softmax(-unary) in one pass, then
+// `iterations` times Q <- softmax(-unary - messages(Q)), in the padded rows of
+// q; the last Q goes to the result.
 template <typename scalar_t>
 void mean_field(const MeanFieldArgs<scalar_t>& args, scalar_t* q) {
-  update_q(args, {}, args.iterations == 0, q);
+  update_q(args, {}, args.iterations == 0, q, [&](int64_t first, int64_t last) { unary_rows(args, first, last); });
   for (int64_t it = 0; it < args.iterations; ++it) {
-    update_q(args, messages(args.kernels, q, args.labels, args.width), it == args.iterations - 1, q);
+    update_q(args, messages(args.kernels, q, args.labels, args.width), it == args.iterations - 1, q,
+             [](int64_t, int64_t) {});
   }
 }

@@ -109,17 +109,17 @@ def _check_image(image, logits: Tensor) -> None:
 
 
 @torch.library.custom_op("fastseg::dense_crf_mean_field", mutates_args=())
-def _mean_field_op(unary: Tensor, vertex_of: list[Tensor], barycentric: list[Tensor], neighbors: list[Tensor],
-                   splat_order: list[Tensor], vertex_start: list[Tensor], compat: list[Tensor],
-                   iterations: int) -> Tensor:
-    return _compiled_ops.dense_crf_mean_field(unary, vertex_of, barycentric, neighbors, splat_order, vertex_start,
-                                              compat, iterations)
+def _mean_field_op(scores: Tensor, scores_are: str, vertex_of: list[Tensor], barycentric: list[Tensor],
+                   neighbors: list[Tensor], splat_order: list[Tensor], vertex_start: list[Tensor],
+                   compat: list[Tensor], iterations: int) -> Tensor:
+    return _compiled_ops.dense_crf_mean_field(scores, scores_are, vertex_of, barycentric, neighbors, splat_order,
+                                              vertex_start, compat, iterations)
 
 
 @_mean_field_op.register_fake
-def _(unary, vertex_of, barycentric, neighbors, splat_order, vertex_start, compat, iterations):
-    batch, pixels, labels = unary.shape
-    return unary.new_empty((batch, labels, pixels)).transpose(1, 2)  # the op writes Q label-major
+def _(scores, scores_are, vertex_of, barycentric, neighbors, splat_order, vertex_start, compat, iterations):
+    batch, pixels, labels = scores.shape
+    return scores.new_empty((batch, labels, pixels)).transpose(1, 2)  # the op writes Q label-major
 
 
 def _normalized_filter(lattice: Lattice, like: Tensor):
@@ -128,21 +128,21 @@ def _normalized_filter(lattice: Lattice, like: Tensor):
     return lattice.reweighted(_reference.normalization(lattice.apply_flat, like)).apply_flat
 
 
-def _mean_field(unary: Tensor, kernels: list[tuple[Lattice, Tensor | float]], iterations: int,
+def _mean_field(scores: Tensor, scores_are: str, kernels: list[tuple[Lattice, Tensor | float]], iterations: int,
                 backend: str) -> Tensor:
-    """``fastseg.reference.dense_crf.mean_field`` for kernels given as
+    """``fastseg.reference.dense_crf.solve_mean_field`` for kernels given as
     (lattice, compatibility): in one op on the ``cpp`` backend where no
-    gradient is wanted (it normalises the lattices itself), through the
-    differentiable normalised filters otherwise."""
+    gradient is wanted (it makes the unary and normalises the lattices
+    itself), through the differentiable normalised filters otherwise."""
     compats = [compat for _, compat in kernels]
     wants_grad = torch.is_grad_enabled() and (
-        unary.requires_grad or any(isinstance(c, Tensor) and c.requires_grad for c in compats))
+        scores.requires_grad or any(isinstance(c, Tensor) and c.requires_grad for c in compats))
     if backend != "cpp" or wants_grad:
-        filters = [(_normalized_filter(lattice, unary), compat) for lattice, compat in kernels]
-        return _reference.mean_field(unary, filters, iterations)
+        filters = [(_normalized_filter(lattice, scores), compat) for lattice, compat in kernels]
+        return _reference.solve_mean_field(scores, scores_are, filters, iterations)
     fields = [list(field) for field in zip(*(lattice.tensors for lattice, _ in kernels))] or [[]] * 5
-    compat_tensors = [torch.as_tensor(c, dtype=unary.dtype).contiguous() for c in compats]
-    return _mean_field_op(unary, *fields, compat_tensors, iterations)
+    compat_tensors = [torch.as_tensor(c, dtype=scores.dtype).contiguous() for c in compats]
+    return _mean_field_op(scores, scores_are, *fields, compat_tensors, iterations)
 
 
 def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, probabilities: bool = False,
@@ -180,8 +180,8 @@ def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, prob
     def lattice_filter(features: Tensor) -> Lattice:
         return build_lattice(features, spatial, name)
 
-    def solve(unary: Tensor, kernels, iterations: int) -> Tensor:
-        return _mean_field(unary, kernels, iterations, name)
+    def solve(scores: Tensor, scores_are: str, kernels, iterations: int) -> Tensor:
+        return _mean_field(scores, scores_are, kernels, iterations, name)
 
     return _reference.run_dense_crf(logits, image, iterations, probabilities, kernel_params, spacing,
                                     lattice_filter, solve)

@@ -31,14 +31,15 @@ PROBABILITY_CLIP = 1e-5
 Filter = Callable[[torch.Tensor], torch.Tensor]
 
 
-def unary_energy(scores: torch.Tensor, probabilities: bool) -> torch.Tensor:
-    """-log p per label: scores [B, L, N] are logits, or probabilities when
-    ``probabilities`` (clipped to PROBABILITY_CLIP as pydensecrf does)."""
-    # (Written to allocate one tensor of the scores' size each: a CRF's
-    # unary is as large as its input, and fresh memory costs page faults.)
-    if probabilities:
+def unary_energy(scores: torch.Tensor, scores_are: str) -> torch.Tensor:
+    """The unary -log p [B, N, L] from scores [B, N, L] (labels last) that
+    are the unary already, logits, or probabilities (clipped to
+    PROBABILITY_CLIP first, as pydensecrf does)."""
+    if scores_are == "unary":
+        return scores
+    if scores_are == "probabilities":
         return torch.log(scores.clamp(min=PROBABILITY_CLIP)).neg_()
-    return torch.logsumexp(scores, dim=1, keepdim=True) - scores  # -log_softmax
+    return torch.logsumexp(scores, dim=-1, keepdim=True) - scores  # -log_softmax
 
 
 def position_features(spatial_shape: Sequence[int], scale: Sequence[float], dtype, device) -> torch.Tensor:
@@ -95,6 +96,12 @@ def mean_field(unary: torch.Tensor, kernels: Sequence[tuple[Filter, torch.Tensor
     return q
 
 
+def solve_mean_field(scores: torch.Tensor, scores_are: str, kernels: Sequence[tuple[Filter, torch.Tensor | float]],
+                     iterations: int) -> torch.Tensor:
+    """``mean_field`` from scores as ``unary_energy`` takes them."""
+    return mean_field(unary_energy(scores, scores_are), kernels, iterations)
+
+
 def per_axis(value, rank: int) -> list[float]:
     """A number for every axis from one number (or a sequence of one), or
     one per axis already."""
@@ -122,25 +129,27 @@ def kernel_features(image: torch.Tensor | None, spatial: Sequence[int], batch: i
 
 def run_dense_crf(logits: torch.Tensor, image: torch.Tensor | None, iterations: int, probabilities: bool,
                   kernel_params, spacing, lattice_filter: Callable[[torch.Tensor], Filter],
-                  solve=mean_field) -> torch.Tensor:
+                  solve=solve_mean_field) -> torch.Tensor:
     """The mean-field of ``dense_crf`` with the normalised Gaussian filters
     that ``lattice_filter`` makes from [B, N, d] features: the reference's
     own lattice here, a faster backend's in ``fastseg.ops.dense_crf``.
-    ``solve`` runs the iterations, with ``mean_field``'s signature; a backend
-    may pass its own, which takes whatever its ``lattice_filter`` makes.
+    ``solve`` runs the iterations, with ``solve_mean_field``'s signature; a
+    backend may pass its own, which takes whatever its ``lattice_filter``
+    makes.
 
     kernel_params: (sxy, srgb or None, compat) per kernel; a kernel whose
     compatibility is the number 0 is left out."""
     batch, labels, *spatial = logits.shape
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    unary = unary_energy(logits.reshape(batch, labels, -1).to(dtype), probabilities).transpose(1, 2)  # a view
+    scores = logits.reshape(batch, labels, -1).to(dtype).transpose(1, 2)  # [B, N, L], a view where it can be
     kernels = []
     for sxy, srgb, compat in kernel_params:
         if not isinstance(compat, torch.Tensor) and compat == 0:
             continue
         features = kernel_features(image, spatial, batch, spacing, sxy, srgb, dtype, logits.device)
         kernels.append((lattice_filter(features), symmetric_compat(compat, dtype, logits.device)))
-    q = solve(unary, kernels, iterations)  # [B, N, L], in the memory layout solve chose
+    scores_are = "probabilities" if probabilities else "logits"
+    q = solve(scores, scores_are, kernels, iterations)  # [B, N, L], in the memory layout solve chose
     q = q.reshape(batch, *spatial, labels).movedim(-1, 1).to(logits.dtype)
     return q.contiguous(memory_format=memory_format_of(logits))
 
