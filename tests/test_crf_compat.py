@@ -268,12 +268,14 @@ def _crf_with_matrix_compat(module, seed: int):
 
 
 def test_step_inference_equals_inference():
+    """inference runs the C++ backend's fused op, stepInference PyTorch
+    ops: the same iteration, rounded differently (an ulp of Q at first)."""
     crf = _crf_with_matrix_compat(fd, 11)
     q, tmp1, tmp2 = crf.startInference()
-    np.testing.assert_allclose(q, crf.inference(0), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(q, crf.inference(0), rtol=0, atol=3e-7)
     for iteration in range(1, 4):
         crf.stepInference(q, tmp1, tmp2)
-        np.testing.assert_allclose(q, crf.inference(iteration), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(q, crf.inference(iteration), rtol=0, atol=1e-5)
 
 
 def test_step_inference_and_kl_divergence_match_pydensecrf(pd):

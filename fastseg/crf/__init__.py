@@ -16,7 +16,9 @@ constants, array shapes and dtypes, so that migrating takes one line::
 
 Each pairwise term builds its lattice once, when it is added, with the
 fastest backend here (``fastseg.ops.permutohedral_lattice``); the iterations
-are ``fastseg.reference.dense_crf.mean_field``'s. Everything is computed in
+are ``fastseg.reference.dense_crf.mean_field``'s, which ``inference`` runs
+in the C++ backend's fused op (``fastseg.ops.dense_crf``'s) where every
+kernel is symmetrically normalised (the default). Everything is computed in
 float32, as pydensecrf does. Inputs are checked before anything runs: where
 pydensecrf asserts, reads out of bounds or computes on NaN, this raises a
 ``TypeError`` or ``ValueError`` naming the argument. Arrays need the dtypes
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from .._checks import is_number
+from ..ops.dense_crf import fused_mean_field
 from ..ops.permutohedral_filter import Lattice, permutohedral_lattice
 from ..reference.dense_crf import Filter, mean_field, mean_field_energy, symmetric_compat
 from ..reference.dense_crf import normalization as symmetric_normalization
@@ -115,6 +118,16 @@ def _compat_matrix(compat, labels: int) -> torch.Tensor:
     return torch.diag(matrix) if compat.ndim == 1 else symmetric_compat(matrix, torch.float32, "cpu")
 
 
+def _fused_compat(compat: torch.Tensor) -> torch.Tensor | float:
+    """The compatibility as the fused op takes it: Krähenbühl's Potts
+    matrix -w I as the weight w (the cheaper path there), any other matrix
+    as it is."""
+    diagonal = compat.diagonal()
+    if torch.equal(compat, torch.diag(diagonal)) and bool((diagonal == diagonal[0]).all()):
+        return -float(diagonal[0])
+    return compat
+
+
 def _krahenbuhl_scale(d: int) -> float:
     """Krähenbühl's unnormalised lattice filter over fastseg's. Both
     splat, blur and slice alike; his blur is [1/2 1 1/2] along each of the
@@ -177,6 +190,8 @@ class DenseCRF:
         self._nvar, self._nlabels = int(nvar), int(nlabels)
         self._unary = torch.zeros(1, self._nvar, self._nlabels)  # [1, N, M]: none set is a zero energy
         self._kernels: list[tuple[Filter, torch.Tensor]] = []  # (normalised filter, [M, M] compat)
+        # (lattice, compat) as fused_mean_field takes them while every kernel can go there, else None.
+        self._fused_kernels: list[tuple[Lattice, torch.Tensor | float]] | None = []
 
     def setUnaryEnergy(self, u, f=None):
         """The unary energy (-log p): float32 ``u`` [nlabels, nvar]; with
@@ -208,10 +223,16 @@ class DenseCRF:
         kind = _enum_member(normalization, NormalizationType, "normalization")
         lattice = permutohedral_lattice(torch.from_numpy(np.ascontiguousarray(features)).unsqueeze(0))
         self._kernels.append((_kernel_filter(lattice, features.shape[0], self._nvar, kind), compat))
+        if self._fused_kernels is not None and kind == NORMALIZE_SYMMETRIC and lattice.backend == "cpp":
+            self._fused_kernels.append((lattice, _fused_compat(compat)))
+        else:
+            self._fused_kernels = None
 
     def inference(self, niter):
         """Q [nlabels, nvar] float32 after ``niter`` mean-field iterations."""
         _check_int(niter, "niter", 0)
+        if self._fused_kernels is not None:
+            return _to_numpy(fused_mean_field(self._unary, "unary", self._fused_kernels, int(niter)))
         return _to_numpy(mean_field(self._unary, self._kernels, int(niter)))
 
     def startInference(self):

@@ -140,8 +140,17 @@ def _mean_field(scores: Tensor, scores_are: str, kernels: list[tuple[Lattice, Te
     if backend != "cpp" or wants_grad:
         filters = [(_normalized_filter(lattice, scores), compat) for lattice, compat in kernels]
         return _reference.solve_mean_field(scores, scores_are, filters, iterations)
+    return fused_mean_field(scores, scores_are, kernels, iterations)
+
+
+def fused_mean_field(scores: Tensor, scores_are: str, kernels: list[tuple[Lattice, Tensor | float]],
+                     iterations: int) -> Tensor:
+    """``fastseg::dense_crf_mean_field``: ``solve_mean_field`` (of the
+    symmetrically normalised kernels) in one op, on CPU tensors and lattices
+    of the ``cpp`` backend, without gradients. Q [B, N, L] is a view of
+    [B, L, N] memory."""
     fields = [list(field) for field in zip(*(lattice.tensors for lattice, _ in kernels))] or [[]] * 5
-    compat_tensors = [torch.as_tensor(c, dtype=scores.dtype).contiguous() for c in compats]
+    compat_tensors = [torch.as_tensor(c, dtype=scores.dtype).contiguous() for _, c in kernels]
     return _mean_field_op(scores, scores_are, *fields, compat_tensors, iterations)
 
 
