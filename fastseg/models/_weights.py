@@ -1,0 +1,38 @@
+"""Weights from local files: ``weights_backbone=`` and ``weights=`` take the
+path of a saved ``state_dict`` (``torch.save(model.state_dict(), path)``).
+Nothing is ever downloaded."""
+
+import os
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+
+def read_state_dict(path, argument: str) -> dict[str, torch.Tensor]:
+    """The state_dict saved at ``path``, on the CPU; ``argument`` names the
+    builder argument in errors."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{argument} must be the path of a saved state_dict (str or os.PathLike), "
+                        f"got {type(path).__name__}")
+    if not os.path.isfile(path):
+        raise ValueError(f"{argument}: no file at {os.fspath(path)!r}")
+    # weights_only: a checkpoint is data, never code to run.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{argument}: {os.fspath(path)!r} does not hold a state_dict (a mapping of names to tensors)")
+    return dict(state)
+
+
+def load_weights(module: nn.Module, path, argument: str, *, drop: tuple[str, ...] = (),
+                 rename: Callable[[str], str] | None = None) -> None:
+    """Loads the state_dict at ``path`` into ``module`` strictly, after
+    dropping the keys that start with a prefix in ``drop`` (a classifier
+    the module does not have) and renaming the others with ``rename``."""
+    state = {key: value for key, value in read_state_dict(path, argument).items() if not key.startswith(drop)}
+    if rename is not None:
+        state = {rename(key): value for key, value in state.items()}
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:  # missing/unexpected keys or shape mismatches, one message for all
+        raise ValueError(f"{argument}: {os.fspath(path)!r} does not fit {type(module).__name__}: {error}") from None
