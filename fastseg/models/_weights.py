@@ -32,7 +32,13 @@ def load_weights(module: nn.Module, path, argument: str, *, drop: tuple[str, ...
     state = {key: value for key, value in read_state_dict(path, argument).items() if not key.startswith(drop)}
     if rename is not None:
         state = {rename(key): value for key, value in state.items()}
+    load_state(module, state, path, argument)
+
+
+def load_state(module: nn.Module, state: Mapping[str, torch.Tensor], path, argument: str) -> None:
+    """``module.load_state_dict(state, strict=True)``, its errors (missing or
+    unexpected keys, shapes) raised as a ValueError naming ``argument``."""
     try:
         module.load_state_dict(state, strict=True)
-    except RuntimeError as error:  # missing/unexpected keys or shape mismatches, one message for all
+    except RuntimeError as error:
         raise ValueError(f"{argument}: {os.fspath(path)!r} does not fit {type(module).__name__}: {error}") from None
