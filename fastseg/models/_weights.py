@@ -35,10 +35,25 @@ def load_weights(module: nn.Module, path, argument: str, *, drop: tuple[str, ...
     load_state(module, state, path, argument)
 
 
+def _few(items: list[str], what: str) -> str:
+    shown = ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
+    return f"{len(items)} {what} ({shown})"
+
+
 def load_state(module: nn.Module, state: Mapping[str, torch.Tensor], path, argument: str) -> None:
-    """``module.load_state_dict(state, strict=True)``, its errors (missing or
-    unexpected keys, shapes) raised as a ValueError naming ``argument``."""
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"{argument}: {os.fspath(path)!r} does not fit {type(module).__name__}: {error}") from None
+    """``module.load_state_dict(state, strict=True)``, after checking that
+    ``state`` fits: a ValueError naming ``argument`` lists the first few
+    missing and unexpected keys and mismatched shapes (PyTorch's error
+    lists every key, hundreds for a backbone)."""
+    expected = module.state_dict()
+    problems = []
+    if missing := [key for key in expected if key not in state]:
+        problems.append(_few(missing, "missing keys"))
+    if unexpected := [key for key in state if key not in expected]:
+        problems.append(_few(unexpected, "unexpected keys"))
+    if mismatched := [f"{key} {tuple(state[key].shape)} for {tuple(value.shape)}" for key, value in expected.items()
+                      if key in state and state[key].shape != value.shape]:
+        problems.append(_few(mismatched, "shapes that differ"))
+    if problems:
+        raise ValueError(f"{argument}: {os.fspath(path)!r} does not fit {type(module).__name__}: {'; '.join(problems)}")
+    module.load_state_dict(state, strict=True)
