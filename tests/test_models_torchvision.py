@@ -34,8 +34,10 @@ def parameter_count(model: torch.nn.Module) -> int:
 
 # --- torchvision's builders ------------------------------------------------------------------
 
-@pytest.mark.parametrize("builder, count", [(fcn_resnet50, 35_322_218), (deeplabv3_resnet50, 42_004_074),
-                                            (deeplabv3_resnet101, 60_996_202)], ids=lambda v: getattr(v, "__name__", ""))
+TORCHVISION_COUNTS = [(fcn_resnet50, 35_322_218), (deeplabv3_resnet50, 42_004_074), (deeplabv3_resnet101, 60_996_202)]
+
+
+@pytest.mark.parametrize("builder, count", TORCHVISION_COUNTS, ids=[b.__name__ for b, _ in TORCHVISION_COUNTS])
 def test_parameter_count_equals_torchvisions(builder, count):
     """torchvision's counts with aux_loss=True and 21 classes."""
     assert parameter_count(builder(aux_loss=True)) == count
