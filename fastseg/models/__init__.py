@@ -5,5 +5,15 @@ every fastseg layer of a model on one backend."""
 
 from ._backends import set_backend
 from ._registry import create, list_models, register_model
+from .backbones import BACKBONES, build_backbone
+from .deeplab import deeplabv2, deeplabv3, deeplabv3_resnet50, deeplabv3_resnet101, deeplabv3plus
+from .fcn_resnet import fcn_resnet50, fcn_resnet101
+from .mobilenetv2 import mobilenet_v2
+from .pspnet import pspnet
+from .resnet import resnet50, resnet101
+from .xception import xception65
 
 __all__ = ["create", "list_models", "register_model", "set_backend"]
+__all__ += ["BACKBONES", "build_backbone", "deeplabv2", "deeplabv3", "deeplabv3_resnet50", "deeplabv3_resnet101",
+            "deeplabv3plus", "fcn_resnet50", "fcn_resnet101", "mobilenet_v2", "pspnet", "resnet50", "resnet101",
+            "xception65"]
