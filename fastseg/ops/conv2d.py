@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _backend
+from .._autocast import autocast_inputs
 from .._backend import device_type_of
 from .._checks import check_tensor
 from .._conv_geometry import ConvGeometry
@@ -173,6 +174,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, 
            groups: int = 1, *, backend: str | None = None) -> Tensor:
     """``F.conv2d``, same arguments and result, on the fastest backend that
     covers the call (``conv2d_path`` says which); ``backend`` picks one."""
+    input, weight, bias = autocast_inputs(input, weight, bias)
     check_conv_args(input, weight, bias, groups)
     x, geometry = prepare_input(input, weight, stride, padding, dilation, groups)
     name = _backend.resolve_backend(BACKENDS, backend, x, weight,

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .. import _backend
 from .._activation import activate, activation_grad, activation_name
+from .._autocast import autocast_inputs
 from .._backend import device_type_of
 from .._batch_norm import can_fold, fold_batch_norm
 from .._checks import check_tensor
@@ -92,6 +93,8 @@ def depthwise_separable_conv2d(input: Tensor, depthwise_weight: Tensor, pointwis
     ``depthwise_weight`` [C_in, 1, KH, KW] (with ``stride``, ``padding``,
     ``dilation``), then the 1x1 conv of ``pointwise_weight`` [C_out, C_in, 1, 1];
     activations ``None``, ``"relu"`` or ``"relu6"``."""
+    input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias = autocast_inputs(
+        input, depthwise_weight, pointwise_weight, depthwise_bias, pointwise_bias)
     mid_activation = activation_name(mid_activation, "mid_activation")
     out_activation = activation_name(out_activation, "out_activation")
     check_tensor(input, "input", (3, 4), CONV_DTYPES)
