@@ -68,7 +68,9 @@ class DeepLabV1(nn.Module):
         if self.crf is None:
             return {"out": scores}
         unary = scores.softmax(1) if self.crf.probabilities else scores
-        probabilities = self.crf(unary, x if image is None else image)
+        # The lattice is built from the image's features, which the CRF does
+        # not differentiate: gradients flow through the scores only.
+        probabilities = self.crf(unary, (x if image is None else image).detach())
         return {"out": probabilities.clamp_min(torch.finfo(probabilities.dtype).tiny).log(), "unary": scores}
 
 
