@@ -94,7 +94,10 @@ def _replacement(module: nn.Module, replaced: dict[nn.Module, nn.Module]) -> nn.
 def _convert_children(module: nn.Module, replaced: dict[nn.Module, nn.Module]) -> None:
     if isinstance(module, nn.Sequential):
         _fuse_separable_pairs(module)
-    for name, child in list(module.named_children()):
+    # Not named_children(): it yields a layer met twice only once.
+    for name, child in list(module._modules.items()):
+        if child is None:
+            continue
         new = _replacement(child, replaced)
         if new is None:
             _convert_children(child, replaced)
