@@ -3,7 +3,7 @@ the style of ``torchvision.models.segmentation``; ``create(name, **kwargs)``
 builds any of them by name and ``list_models()`` names them all; ``set_backend(model, name)`` runs
 every fastseg layer of a model on one backend."""
 
-from . import deeplab_v1, fcn_vgg, losses, segnet, unet, vgg
+from . import deeplab_v1, fcn_vgg, losses, segnet, unet, vgg  # noqa: F401 (importing registers the builders)
 from ._backends import set_backend
 from ._registry import create, list_models, register_model
 from .convert import convert
