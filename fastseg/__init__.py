@@ -7,7 +7,8 @@ extension; asking for a backend that cannot run raises an error saying why.
 from . import models, ops, reference
 from ._backend import BackendUnavailable
 from ._info import backends
+from .models import convert
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailable", "__version__", "backends", "models", "ops", "reference"]
+__all__ = ["BackendUnavailable", "__version__", "backends", "convert", "models", "ops", "reference"]

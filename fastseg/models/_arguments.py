@@ -18,6 +18,13 @@ def check_num_classes(num_classes) -> int:
     return num_classes
 
 
+def positive_int(value, name: str) -> int:
+    """``value``, or a ValueError naming ``name`` when it is not an int >= 1."""
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
 def check_choice(value, name: str, choices: Collection):
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
