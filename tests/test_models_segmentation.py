@@ -100,14 +100,19 @@ def test_forward_backward(model_id, batch, training, size, gen):
 
 def test_every_registered_model_runs(gen):
     """Each registered builder with its defaults (ResNet-101 where the paper
-    has it, Xception-65 for v3+), in eval mode on one small image."""
-    x = image(1, (17, 22), gen)
+    has it, Xception-65 for v3+), in eval mode on one small image: RGB, and
+    grey for the U-Nets (the paper's input). The original U-Net's output is
+    its valid region, 184 pixels smaller than its input on each axis."""
     for name in list_models():
+        unet = name.startswith("unet")
+        size = (188 + 16, 188 + 33) if name == "unet" else (17, 22)
+        x = image(1, size, gen)[:, :1] if unet else image(1, size, gen)
         torch.manual_seed(0)
         net = create(name, num_classes=NUM_CLASSES).eval()
         with torch.no_grad():
             out = net(x)
-        assert out["out"].shape == (1, NUM_CLASSES, 17, 22), name
+        expected = tuple(net.output_size(n) for n in size) if name == "unet" else size
+        assert out["out"].shape == (1, NUM_CLASSES, *expected), name
 
 
 # --- backends, layouts, precision, compile ---------------------------------------------------
