@@ -32,7 +32,7 @@ class ASPP(nn.Module):
     convs (DeepLabV3+, section 3.2). ``extra_branches`` feature maps that
     the caller computes (``out_channels`` each, at the input's size) join
     the concatenation, after the image pooling: Gated-SCNN's boundary
-    branch (Takikawa et al. 2019, section 3.2)."""
+    branch (Takikawa et al. 2019, fusion module)."""
 
     def __init__(self, in_channels: int, rates, out_channels: int = 256, *, separable: bool = False,
                  dropout: float = 0.5, extra_branches: int = 0):

@@ -1,16 +1,16 @@
 """Gated-SCNN (Takikawa, Acuna, Jampani and Fidler, "Gated-SCNN: Gated Shape
 CNNs for Semantic Segmentation", ICCV 2019), written from the paper.
 
-- Regular stream (section 3.1): a dilated ResNet at output stride 8.
-- Shape stream (3.1): the regular stream's first conv, brought to the
+- Regular stream: a dilated ResNet at output stride 8.
+- Shape stream: the regular stream's first conv, brought to the
   image's resolution, through residual blocks interleaved with gated
-  convolutional layers (GCL, 3.2), one per regular-stream stage it is gated
+  convolutional layers (GCL), one per regular-stream stage it is gated
   by (layer2, layer3, layer4: the paper gates on the last three), then a
   1x1 conv to boundary logits ("edge", supervised by the dual-task loss).
-- GCL (3.2): an attention map alpha = sigmoid(BN(C_1x1(s || r))) from the
-  shape features s and the regular features r (upsampled bilinearly), then
+- GCL: an attention map alpha = sigmoid(BN(C_1x1(s || r))) from the shape
+  features s and the regular features r (upsampled bilinearly), then
   s_hat = ((s * alpha) + s)^T w, a 1x1 conv w of the gated features.
-- Fusion (3.3): the shape stream's boundaries fused with the image gradient
+- Fusion module: the shape stream's boundaries fused with the image gradient
   (``ImageGradient``, a GPU substitute for Canny, see its module) by a 1x1
   conv and a sigmoid, then merged with the regular features by ASPP, the
   boundary map one more branch of its concatenation; 1x1 logits, upsampled
@@ -23,8 +23,8 @@ linear and the bilinear weights sum to 1): the shape stream's entry conv
 runs on the stem at stride 2, and the regular features' part of each GCL's
 C_1x1 (the conv of a concatenation is the sum of convs of its parts) at
 stride 8, before the upsampling to the image's size; the results are those
-of the paper's order, at a fraction of the cost. The DeepLabV3+-style
-decoder of the authors' code is not in the paper and not here.
+of the paper's order, at a fraction of the cost. The fusion is ASPP
+alone: no decoder on low-level features.
 """
 
 import torch
@@ -40,7 +40,7 @@ from .backbones import RESNETS, build_backbone
 from .deeplab import aspp_rates
 from .image_gradient import ImageGradient
 
-OUTPUT_STRIDE = 8  # the regular stream's (section 4: dilated ResNet at output stride 8)
+OUTPUT_STRIDE = 8  # the regular stream's: dense features, as DeepLab's at their finest
 GATING_FEATURES = ("layer2", "aux", "out")  # the ResNet stages that gate the shape stream, in order
 SHAPE_WIDTHS = (32, 16, 8)  # the shape stream's channels before each GCL
 ALIGN_CORNERS = False
@@ -62,9 +62,9 @@ class ResidualBlock(nn.Module):
 
 
 class GatedConv(nn.Module):
-    """The gated convolutional layer (section 3.2, Eq. 1-2) on shape
-    features [N, channels, H, W] gated by regular features [N, C_r, h, w]
-    at a lower resolution; ``out_channels`` wide."""
+    """The gated convolutional layer on shape features [N, channels, H, W]
+    gated by regular features [N, C_r, h, w] at a lower resolution;
+    ``out_channels`` wide."""
 
     def __init__(self, channels: int, regular_channels: int, out_channels: int):
         super().__init__()

@@ -1,7 +1,7 @@
 """``ImageGradient``: an edge map of the input image computed with torch ops
 on the image's device, Gated-SCNN's substitute for the Canny edge map.
 
-Gated-SCNN (Takikawa et al. 2019, section 3.1) fuses the image gradients
+Gated-SCNN (Takikawa et al. 2019) fuses the image gradients
 with the shape stream's boundaries; its authors' code runs OpenCV's Canny
 on the CPU inside ``forward``, which copies every batch to the host and
 waits for the device. Here the first three steps of Canny (1986) run as

@@ -1,7 +1,7 @@
 """Segmentation losses: cross-entropy with ignored pixels, class weights and
 per-pixel weights; U-Net's weight map (Ronneberger et al. 2015, Eq. 2);
 the weighted sum over a model's output dict (PSPNet's out + 0.4 aux); and
-Gated-SCNN's dual-task loss (Takikawa et al. 2019, section 3.4): boundaries
+Gated-SCNN's dual-task loss (Takikawa et al. 2019): boundaries
 of a label map, HED's class-balanced binary cross-entropy, the boundary
 magnitude of class maps and the two dual-task regularisers.
 """
@@ -169,10 +169,9 @@ def pspnet_loss(outputs: Mapping[str, Tensor], target: Tensor, **loss_kwargs) ->
 
 # --- Gated-SCNN ---------------------------------------------------------------------
 
-# Gated-SCNN's loss weights lambda_1..lambda_4 (section 3.4) by the term they
-# weigh: the edge BCE (Eq. 3, lambda_1 = 20, the authors' training setting), the
-# segmentation CE (Eq. 3, lambda_2), and the dual-task regularisers (Eq. 5,
-# lambda_3; Eq. 6, lambda_4), 1 each.
+# Gated-SCNN's loss weights lambda_1..lambda_4 by the term they weigh: the
+# edge BCE (lambda_1 = 20, the authors' training setting), the segmentation
+# CE (lambda_2), and the two dual-task regularisers (lambda_3, lambda_4), 1 each.
 GATED_SCNN_WEIGHTS = {"edge": 20.0, "out": 1.0, "boundary": 1.0, "edge_consistency": 1.0}
 
 
@@ -203,7 +202,7 @@ def balanced_binary_cross_entropy(logits: Tensor, edges: Tensor, valid: Tensor |
 
 
 def boundary_magnitude(maps: Tensor, valid: Tensor | None = None) -> Tensor:
-    """zeta of Gated-SCNN's Eq. 4 for class maps [B, K, H, W] (probabilities
+    """zeta of Gated-SCNN's dual-task regulariser for class maps [B, K, H, W] (probabilities
     or one-hot): the norm over classes of the spatial gradient, over sqrt(2),
     per pixel [B, H, W]. The gradient is the forward difference to the next
     column and row (0 beyond the last, and where either pixel is not
@@ -248,21 +247,21 @@ def _check_gated_scnn_weights(weights) -> dict[str, float]:
 
 def gated_scnn_loss(outputs: Mapping[str, Tensor], target: Tensor, *, weights: Mapping[str, float] | None = None,
                     ignore_index: int = -100, temperature: float = 1.0, edge_threshold: float = 0.8) -> Tensor:
-    """Gated-SCNN's dual-task loss (section 3.4) of a model's ``outputs``
+    """Gated-SCNN's dual-task loss of a model's ``outputs``
     (``"out"``: logits [B, K, H, W], ``"edge"``: boundary logits
     [B, 1, H, W]) against the label map ``target`` [B, H, W]:
 
-        lambda_1 * balanced_binary_cross_entropy(edge, semantic_boundaries(target))   Eq. 3
-      + lambda_2 * cross_entropy(out, target)                                         Eq. 3
-      + lambda_3 * mean |zeta(softmax(out / temperature)) - zeta(one_hot(target))|    Eq. 5
-      + lambda_4 * cross_entropy(out, target) where sigmoid(edge) > edge_threshold    Eq. 6
+        lambda_1 * balanced_binary_cross_entropy(edge, semantic_boundaries(target))
+      + lambda_2 * cross_entropy(out, target)
+      + lambda_3 * mean |zeta(softmax(out / temperature)) - zeta(one_hot(target))|
+      + lambda_4 * cross_entropy(out, target) where sigmoid(edge) > edge_threshold
 
-    Eq. 5 asks the boundaries of the predicted segmentation to be the
+    The third term asks the boundaries of the predicted segmentation to be the
     ground truth's (``boundary_magnitude``; the softmax at ``temperature``
     stands in for the argmax, as the paper's Gumbel softmax does, without
-    its noise); Eq. 6 asks the segmentation to be right where the shape
+    its noise); the fourth asks the segmentation to be right where the shape
     stream sees a boundary (no gradient flows through that mask). The means
-    run over the pixels that are not ``ignore_index`` (Eq. 6's over those
+    run over the pixels that are not ``ignore_index`` (the fourth's over those
     inside the mask; 0 when it is empty). ``weights`` maps term names
     ("edge", "out", "boundary", "edge_consistency") to the lambdas,
     overriding ``GATED_SCNN_WEIGHTS``."""
