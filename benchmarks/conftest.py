@@ -274,10 +274,13 @@ class BenchEnv:
             roofline.synchronize(self.device)
         return self._cache
 
-    def measure(self, benchmark, fn, sets, traffic: roofline.Traffic, info: dict, *,
-                flops: roofline.Flops | None = None, prepare: Callable | None = None):
+    def measure(self, benchmark, fn, sets, traffic: roofline.Traffic | None, info: dict, *,
+                flops: roofline.Flops | None = None, prepare: Callable | None = None, images: int | None = None):
         """Time ``fn(*args)`` for args rotating through ``sets``; record the
-        roofline figures in ``benchmark.extra_info``. ``prepare(*set)``, when
+        roofline figures in ``benchmark.extra_info`` (none without
+        ``traffic``: a whole model has no single roofline), the latency's
+        median, 50th and 99th percentiles, and images/s when a call
+        processes ``images`` images. ``prepare(*set)``, when
         given, makes each call's args outside the timing (the forward of a
         backward-only benchmark), then the cache is flushed, so that the
         call reads what ``prepare`` read from memory as a training step's
@@ -300,9 +303,10 @@ class BenchEnv:
         benchmark.extra_info.update(info)
         benchmark.extra_info.update({
             "device": self.name, "device_type": device.type, **self.versions,
-            "bytes_moved": traffic.total, "index_bytes": traffic.index_bytes,
             "rotation_sets": len(sets), "last_level_cache_bytes": self.cache_bytes,
         })
+        if traffic is not None:
+            benchmark.extra_info.update({"bytes_moved": traffic.total, "index_bytes": traffic.index_bytes})
         if flops is not None:
             benchmark.extra_info.update({"flops": flops.total, "nominal_flops": flops.nominal,
                                          "gemm_flops": flops.gemm})
@@ -326,11 +330,16 @@ class BenchEnv:
 
         benchmark.pedantic(timed, setup=next_set, rounds=rounds, warmup_rounds=1)
         median = benchmark.stats.stats.median
-        copy = self.copy_bandwidth
-        matmul = None if flops is None else self.matmul_rate(flops.dtype)
-        benchmark.extra_info.update({"median_s": median, "copy_bandwidth_gbps": round(copy / 1e9, 2),
-                                     **roofline.roofline_figures(median, traffic, flops, copy, matmul),
-                                     **roofline.roofline_bound(traffic, flops, copy, matmul)})
+        benchmark.extra_info.update({"median_s": median, **latency_percentiles(benchmark.stats.stats.data)})
+        if images is not None:
+            benchmark.extra_info["images_per_s"] = round(images / median, 3)
+        copy = matmul = None
+        if traffic is not None:
+            copy = self.copy_bandwidth
+            matmul = None if flops is None else self.matmul_rate(flops.dtype)
+            benchmark.extra_info.update({"copy_bandwidth_gbps": round(copy / 1e9, 2),
+                                         **roofline.roofline_figures(median, traffic, flops, copy, matmul),
+                                         **roofline.roofline_bound(traffic, flops, copy, matmul)})
         if matmul is not None:
             benchmark.extra_info["matmul_tflops"] = round(matmul / 1e12, 3)
         if device.type == "cuda":
@@ -347,11 +356,18 @@ class BenchEnv:
                 end.synchronize()
                 spans.append(start.elapsed_time(end) / 1e3)
             event_median = statistics.median(spans)
-            event = roofline.roofline_figures(event_median, traffic, flops, copy, matmul)
+            event = {} if traffic is None else roofline.roofline_figures(event_median, traffic, flops, copy, matmul)
             benchmark.extra_info.update({"cuda_event_median_s": event_median,
                                          **{f"cuda_event_{k}": v for k, v in event.items()}})
         self.results.append({"group": benchmark.group, "name": benchmark.name,
                              "stats": {"median": median}, "extra_info": dict(benchmark.extra_info)})
+
+
+def latency_percentiles(times) -> dict:
+    """The 50th and 99th percentiles (nearest rank) of per-call ``times``
+    (seconds): the median and the tail a latency budget must cover."""
+    ordered = sorted(times)
+    return {f"latency_p{p}_s": ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)] for p in (50, 99)}
 
 
 @pytest.fixture(scope="session")

@@ -157,9 +157,7 @@ def test_dense_crf(benchmark, bench_env, crf_case):
         sets = [(probs.to(device), images.to(device)) for probs, images in data.sets]
         _check(case, data, fn(*sets[0]).cpu())
 
-    bench_env.measure(benchmark, fn, sets, traffic, case.info())
-    if not benchmark.disabled:
-        benchmark.extra_info["images_per_s"] = round(case.batch / benchmark.extra_info["median_s"], 2)
+    bench_env.measure(benchmark, fn, sets, traffic, case.info(), images=case.batch)
 
 
 def _check(case: Case, data, got: torch.Tensor) -> None:

@@ -29,10 +29,13 @@ class ASPP(nn.Module):
     ``rates``, an image-pooling branch, each ``out_channels`` wide with
     BatchNorm and ReLU, concatenated and projected by a 1x1 conv-BN-ReLU,
     then dropout. ``separable`` makes the 3x3 branches atrous separable
-    convs (DeepLabV3+, section 3.2)."""
+    convs (DeepLabV3+, section 3.2). ``extra_branches`` feature maps that
+    the caller computes (``out_channels`` each, at the input's size) join
+    the concatenation, after the image pooling: Gated-SCNN's boundary
+    branch (Takikawa et al. 2019, fusion module)."""
 
     def __init__(self, in_channels: int, rates, out_channels: int = 256, *, separable: bool = False,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, extra_branches: int = 0):
         super().__init__()
         branches = [ConvNormAct(in_channels, out_channels, 1)]
         for rate in rates:
@@ -42,11 +45,11 @@ class ASPP(nn.Module):
                 branches.append(ConvNormAct(in_channels, out_channels, 3, dilation=rate))
         branches.append(PoolingBranch(in_channels, out_channels, 1))
         self.convs = nn.ModuleList(branches)
-        self.project = nn.Sequential(*conv_norm_act(len(branches) * out_channels, out_channels, 1),
-                                     nn.Dropout(dropout))
+        concatenated = (len(branches) + extra_branches) * out_channels
+        self.project = nn.Sequential(*conv_norm_act(concatenated, out_channels, 1), nn.Dropout(dropout))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
+    def forward(self, x: Tensor, *extra: Tensor) -> Tensor:
+        return self.project(torch.cat([branch(x) for branch in self.convs] + list(extra), dim=1))
 
 
 class FCNHead(nn.Sequential):

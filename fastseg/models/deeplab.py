@@ -40,7 +40,7 @@ _V2_RATES = (6, 12, 18, 24)  # ASPP-L
 _REFERENCE_DROPOUT = 0.1  # DeepLab's model.py keeps 90% of the concatenated ASPP features
 
 
-def _rates(output_stride: int) -> tuple[int, ...]:
+def aspp_rates(output_stride: int) -> tuple[int, ...]:
     """The ASPP rates for ``output_stride``: the same field of view on the
     image, so doubled at 8 (v3, section 3.3) and halved at 32."""
     return tuple(rate * 16 // output_stride for rate in _V3_RATES)
@@ -113,7 +113,7 @@ def deeplabv3(num_classes: int = 21, *, backbone: str = "resnet101", output_stri
     MobileNetV2); ``weights_backbone`` the path of a saved backbone state_dict."""
     num_classes = check_num_classes(num_classes)
     encoder = build_backbone(backbone, check_output_stride(output_stride), weights_backbone, **backbone_options)
-    head = nn.Sequential(ASPP(encoder.channels["out"], _rates(output_stride), dropout=_REFERENCE_DROPOUT),
+    head = nn.Sequential(ASPP(encoder.channels["out"], aspp_rates(output_stride), dropout=_REFERENCE_DROPOUT),
                          ops.Conv2d(256, num_classes, 1))
     return SegmentationModel(encoder, head, align_corners=True)
 
@@ -149,5 +149,5 @@ def deeplabv3plus(num_classes: int = 21, *, backbone: str = "xception65", output
     num_classes = check_num_classes(num_classes)
     encoder = build_backbone(backbone, check_output_stride(output_stride), weights_backbone, **backbone_options)
     head = DeepLabV3PlusHead(encoder.channels["out"], encoder.channels["low_level"], num_classes,
-                             _rates(output_stride))
+                             aspp_rates(output_stride))
     return SegmentationModel(encoder, head, classifier_inputs=("out", "low_level"), align_corners=True)

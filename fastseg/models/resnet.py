@@ -50,9 +50,11 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """The convolutional part of a bottleneck ResNet (no pooling, no fc).
 
-    ``forward`` returns the features by name: ``"low_level"`` (layer1, stride
-    4), ``"aux"`` (layer3, where auxiliary heads attach) and ``"out"``
-    (layer4); ``channels`` gives their channel counts.
+    ``forward`` returns the features by name: ``"stem"`` (conv1 after
+    BatchNorm and ReLU, stride 2), ``"low_level"`` (layer1, stride 4),
+    ``"layer2"``, ``"aux"`` (layer3, where auxiliary heads attach) and
+    ``"out"`` (layer4); ``channels`` gives their channel counts. Gated-SCNN's
+    shape stream reads the stem and gates on layer2 to layer4.
     """
 
     def __init__(self, blocks_per_stage: tuple[int, int, int, int],
@@ -67,7 +69,7 @@ class ResNet(nn.Module):
         self.layer2 = self._stage(128, blocks_per_stage[1], stride=2, dilate=replace_stride_with_dilation[0])
         self.layer3 = self._stage(256, blocks_per_stage[2], stride=2, dilate=replace_stride_with_dilation[1])
         self.layer4 = self._stage(512, blocks_per_stage[3], stride=2, dilate=replace_stride_with_dilation[2])
-        self.channels = {"low_level": 256, "aux": 1024, "out": 2048}
+        self.channels = {"stem": 64, "low_level": 256, "layer2": 512, "aux": 1024, "out": 2048}
         init_conv_weights(self)
 
     def load_weights(self, path, argument: str = "weights") -> None:
@@ -91,10 +93,11 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        low_level = self.layer1(x)
-        aux = self.layer3(self.layer2(low_level))
-        return {"low_level": low_level, "aux": aux, "out": self.layer4(aux)}
+        stem = self.relu(self.bn1(self.conv1(x)))
+        low_level = self.layer1(self.maxpool(stem))
+        layer2 = self.layer2(low_level)
+        aux = self.layer3(layer2)
+        return {"stem": stem, "low_level": low_level, "layer2": layer2, "aux": aux, "out": self.layer4(aux)}
 
 
 def _resnet(blocks_per_stage, output_stride: int, weights) -> ResNet:
