@@ -120,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="appearance kernel: colour std in image values (default 13)")
     crf.add_argument("--bilateral-compat", type=_finite, default=10.0, metavar="W",
                      help="appearance kernel weight (default 10; 0 leaves it out)")
-    crf.add_argument("--backend", choices=_backend.BACKEND_NAMES,
+    crf.add_argument("--backend", choices=FILTER_BACKENDS.implemented,
                      help="lattice backend (default: the fastest available; FASTSEG_BACKEND overrides the default)")
     out = parser.add_argument_group("output")
     out.add_argument("--save-probabilities", nargs="?", const="float32", choices=PROBABILITY_DTYPES,
