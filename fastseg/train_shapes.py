@@ -14,6 +14,7 @@ threads (PyTorch's CPU kernels split sums by thread).
 """
 
 import argparse
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -142,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
     config = TrainingConfig(steps=args.steps, batch_size=args.batch_size, image_size=args.image_size,
                             warmup_steps=min(TrainingConfig.warmup_steps, args.steps // 10 + 1), seed=args.seed,
                             validation_images=args.validation_images)
-    print(f"training the shapes model on the CPU ({torch.get_num_threads()} threads): {config}")
+    print(f"training the shapes model on the CPU, torch threads: {torch.get_num_threads()}; {config}")
     start = time.perf_counter()
-    model, _, _ = train_and_evaluate(config)
+    model, _, _ = train_and_evaluate(config, functools.partial(print, flush=True))  # progress through pipes too
     save_checkpoint(model, args.out)
     print(f"saved {args.out} ({args.out.stat().st_size / 2**20:.2f} MiB) after {time.perf_counter() - start:.0f} s")
     return 0
