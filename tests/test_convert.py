@@ -7,6 +7,7 @@ from torch import nn
 
 import fastseg
 from fastseg import ops
+from torchvision_import import import_torchvision
 
 
 class PlainNet(nn.Module):
@@ -145,3 +146,27 @@ def test_training_mode_is_kept():
 def test_bad_arguments_name_themselves(kwargs, error, argument):
     with pytest.raises(error, match=argument):
         fastseg.convert(**kwargs)
+
+
+torchvision, WHY_NO_TORCHVISION = import_torchvision()
+
+
+@pytest.mark.skipif(torchvision is None, reason=WHY_NO_TORCHVISION)
+@pytest.mark.parametrize("name", ["mobilenet_v2", "vgg11", "deeplabv3_mobilenet_v3_large"])
+def test_torchvision_models_keep_their_outputs(name, gen):
+    """Models as users have them: torchvision's, with their depthwise convs
+    (inside Conv2dNormActivation, so not fused: a norm sits between), max
+    pools and segmentation heads."""
+    torch.manual_seed(0)
+    build = getattr(torchvision.models, name, None) or getattr(torchvision.models.segmentation, name)
+    kwargs = {"weights_backbone": None} if name.startswith("deeplab") else {}
+    model = build(weights=None, **kwargs).eval()
+    converted = fastseg.convert(model)
+    layers = [m for m in converted.modules() if isinstance(m, (ops.Conv2d, ops.MaxPool2d))]
+    assert layers and not any(type(m) in (nn.Conv2d, nn.MaxPool2d) for m in converted.modules())
+    x = torch.randn(1, 3, 67, 61, generator=gen)
+    with torch.no_grad():
+        expected, out = model(x), converted(x)
+    if isinstance(expected, dict):
+        expected, out = expected["out"], out["out"]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

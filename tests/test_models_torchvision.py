@@ -2,9 +2,10 @@
 parameter counts, state_dict keys and shapes, dilation and ASPP rates, and
 backbone checkpoints (torchvision's ResNet and MobileNetV2 layouts).
 
-The tests that build torchvision's own models skip where torchvision does
-not import (a CUDA wheel on a CPU machine); the rest pin down, without it,
-the facts those comparisons rest on.
+The tests that build torchvision's own models skip where torchvision is
+not installed (``tests/torchvision_import.py`` imports its CUDA wheel on a
+CPU machine); the rest pin down, without it, the facts those comparisons
+rest on.
 """
 
 import re
@@ -16,12 +17,9 @@ from fastseg import ops
 from fastseg.models import (deeplabv2, deeplabv3, deeplabv3_resnet50, deeplabv3_resnet101, deeplabv3plus,
                             fcn_resnet50, fcn_resnet101, mobilenet_v2, pspnet, resnet50)
 from fastseg.models.pspnet import AUX_LOSS_WEIGHT
+from torchvision_import import import_torchvision
 
-try:
-    import torchvision
-    WHY_NO_TORCHVISION = ""
-except Exception as error:  # ImportError, or a CUDA build's OSError/RuntimeError on a CPU machine
-    torchvision, WHY_NO_TORCHVISION = None, f"torchvision does not import: {error!r}"
+torchvision, WHY_NO_TORCHVISION = import_torchvision()
 needs_torchvision = pytest.mark.skipif(torchvision is None, reason=WHY_NO_TORCHVISION)
 
 TORCHVISION_BUILDERS = {"fcn_resnet50": fcn_resnet50, "fcn_resnet101": fcn_resnet101,
@@ -93,7 +91,7 @@ def test_resnet_dilation_at_output_stride_8():
 
 
 @needs_torchvision
-@pytest.mark.parametrize("name", ["fcn_resnet50", "deeplabv3_resnet50"])
+@pytest.mark.parametrize("name", list(TORCHVISION_BUILDERS))
 def test_torchvision_state_dict_loads_strictly_and_gives_the_same_output(name):
     torch.manual_seed(0)
     theirs = getattr(torchvision.models.segmentation, name)(weights=None, weights_backbone=None, num_classes=5,
