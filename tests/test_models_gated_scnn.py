@@ -19,30 +19,22 @@ from torch import nn
 from fastseg.models import create, gated_scnn, list_models, set_backend
 from fastseg.models.gated_scnn import GatedSCNN
 from fastseg.models.image_gradient import ImageGradient
+from model_helpers import BuiltModels, image
 from fastseg.models.losses import (GATED_SCNN_WEIGHTS, balanced_binary_cross_entropy, boundary_magnitude,
                                    gated_scnn_loss, semantic_boundaries)
 
 NUM_CLASSES = 3
-_BUILT: dict[str, nn.Module] = {}
+BUILT = BuiltModels()
 
 
 def model() -> nn.Module:
-    if "resnet50" not in _BUILT:
-        torch.manual_seed(0)
-        _BUILT["resnet50"] = gated_scnn(NUM_CLASSES)
-    return _BUILT["resnet50"]
+    return BUILT.get("resnet50", lambda: gated_scnn(NUM_CLASSES))
 
 
 @pytest.fixture(autouse=True)
 def _model_as_built():
     yield
-    for net in _BUILT.values():
-        set_backend(net, None)
-        net.zero_grad(set_to_none=True)
-
-
-def image(batch: int, size, gen: torch.Generator) -> torch.Tensor:
-    return torch.randn(batch, 3, *size, generator=gen)
+    BUILT.reset()
 
 
 # --- the model ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from fastseg.models import create, list_models, set_backend
+from model_helpers import BuiltModels, image
 
 NUM_CLASSES = 3
 slow = pytest.mark.skipif(os.environ.get("FASTSEG_SLOW_TESTS") != "1", reason="slow: set FASTSEG_SLOW_TESTS=1")
@@ -37,34 +38,24 @@ NARROW = "deeplabv3plus-mobilenet_v2"
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2}
 
 
-_BUILT: dict[str, torch.nn.Module] = {}
+BUILT = BuiltModels()
 
 
 def model(model_id: str) -> torch.nn.Module:
-    """One instance per id for the whole module (building a ResNet-101 takes
-    a second); tests set the mode they need."""
-    if model_id not in _BUILT:
-        torch.manual_seed(0)
-        name, kwargs = MODELS[model_id]
-        _BUILT[model_id] = create(name, num_classes=NUM_CLASSES, **kwargs)
-    return _BUILT[model_id]
+    """One instance per id for the whole module; tests set the mode they need."""
+    name, kwargs = MODELS[model_id]
+    return BUILT.get(model_id, lambda: create(name, num_classes=NUM_CLASSES, **kwargs))
 
 
 @pytest.fixture(autouse=True)
 def _models_as_built():
     """The shared models leave each test on the default backend, without gradients."""
     yield
-    for net in _BUILT.values():
-        set_backend(net, None)
-        net.zero_grad(set_to_none=True)
+    BUILT.reset()
 
 
 def expected_keys(model_id: str) -> set[str]:
     return {"out", "aux"} if model_id.endswith("-aux") else {"out"}
-
-
-def image(batch: int, size, gen: torch.Generator, memory_format=torch.contiguous_format) -> torch.Tensor:
-    return torch.randn(batch, 3, *size, generator=gen).contiguous(memory_format=memory_format)
 
 
 def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, name: str) -> None:
