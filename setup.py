@@ -50,7 +50,7 @@ def _extension_modules():
 ext_modules, cmdclass = _extension_modules()
 
 setup(
-    packages=["fastseg", "fastseg.crf", "fastseg.models", "fastseg.ops", "fastseg.reference", "fastseg.kernels"],
+    packages=["fastseg", "fastseg._bench", "fastseg.crf", "fastseg.models", "fastseg.ops", "fastseg.reference", "fastseg.kernels"],
     package_dir={"fastseg.kernels": "kernels"},
     # The embedded shapes model's checkpoint (fastseg/shapes_model.py), loaded by `python -m fastseg demo`.
     package_data={"fastseg": ["data/*.pt"]},

@@ -41,6 +41,8 @@ import pytest
 import roofline
 import torch
 
+from fastseg._bench.tables import summary_lines
+
 _ENV_KEY = pytest.StashKey()
 
 
@@ -424,5 +426,5 @@ def pytest_terminal_summary(terminalreporter, config):
                      for dtype, rate in env.matmul_rates.items())
     terminalreporter.write_line(f"device: {env.name}; copy bandwidth "
                                 f"{env.copy_bandwidth / 1e9:.1f} GB/s{matmul}; {env.versions}")
-    for line in roofline.summary_lines(env.results):
+    for line in summary_lines(env.results):
         terminalreporter.write_line(line)

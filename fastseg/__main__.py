@@ -1,9 +1,10 @@
-"""Command line: ``python -m fastseg info``, ``demo``, ``crf`` and ``train``."""
+"""Command line: ``python -m fastseg info``, ``demo``, ``crf``, ``train`` and ``bench``."""
 
 import argparse
 import sys
 
 from fastseg import _crf_cli, train_shapes
+from fastseg._bench import cli as bench_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
                                 "report mIoU before and after, without and with a dense CRF",
                                 description=train_shapes.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     train_shapes.add_arguments(train)
+    bench = commands.add_parser("bench", help="run the benchmark suite (from a clone) and write a Markdown report "
+                                "and a chart; or report on, compare, or tabulate recorded runs",
+                                description=bench_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_cli.add_arguments(bench)
     for command in (demo, crf):
         command.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is a GPU)")
     args = parser.parse_args(argv)
@@ -34,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "train":
         return train_shapes.run(args)
+    if args.command == "bench":
+        try:
+            return bench_cli.main(args)
+        except bench_cli.UsageError as error:
+            bench.error(str(error))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda"):
         parser.error(f"--device must be cpu or cuda, got {device!r}")
