@@ -2,6 +2,7 @@
 group's baseline (horizontal bars, log scale, a line at 1x) and, beside it,
 the percentage of the roofline it reached."""
 
+import importlib.util
 from pathlib import Path
 
 from .records import Pairing, Run, pairings, roofline_percent
@@ -17,11 +18,9 @@ class ChartUnavailable(RuntimeError):
 
 
 def require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as error:
+    if importlib.util.find_spec("matplotlib") is None:
         raise ChartUnavailable("the benchmark chart needs matplotlib: pip install matplotlib "
-                               "(or pip install -e '.[bench]')") from error
+                               "(or pip install -e '.[bench]')")
 
 
 def _speedup_panel(axes, rows: list[Pairing]) -> None:

@@ -83,7 +83,7 @@ def markdown(comparison: Comparison) -> str:
         f"- New: {new.device}, {new.datetime or 'undated'}",
         f"- Rule: a record's noise is its IQR over its median; the two runs' combine as sqrt(a² + b²). "
         f"*slower* when new/old − 1 > max({NOISE_FLOOR:.0%}, {IQR_FACTOR:g} × combined noise), "
-        f"*faster* when old/new − 1 is; otherwise *within noise*.",
+        f"*faster* when old/new − 1 exceeds it; otherwise *within noise*.",
     ]
     if old.device != new.device:
         lines.append("- The runs are on different devices: the ratios compare machines, not versions.")

@@ -46,7 +46,8 @@ def _skipped(run: Run) -> list[str]:
         return lines + ["This file does not list skipped cases (it was not recorded by `python -m fastseg bench`)."]
     if not run.skipped:
         return lines + ["Nothing was skipped."]
-    return lines + [f"- {count} case{'s' if count > 1 else ''}: {reason}" for count, reason in skip_summary(run.skipped)]
+    return lines + [f"- {count} case{'s' if count > 1 else ''}: {reason}"
+                    for count, reason in skip_summary(run.skipped)]
 
 
 def markdown_report(run: Run) -> str:
@@ -54,7 +55,8 @@ def markdown_report(run: Run) -> str:
     try:
         tables = markdown_tables(run.benchmarks)
     except KeyError as error:
-        raise RunFileError(f"{run.path}: a record lacks extra_info[{error.args[0]!r}], which its table needs") from error
+        raise RunFileError(f"{run.path}: a record lacks extra_info[{error.args[0]!r}], "
+                           "which its table needs") from error
     for title, table in tables:
         lines += ["", f"## {title}", "", table.rstrip("\n")]
     if not tables:

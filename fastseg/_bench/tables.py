@@ -63,7 +63,8 @@ def pool_table(benchmarks) -> str:
         b, base = pair.record, pair.baseline
         info = b["extra_info"]
         rows.append(f"| {info['op']} | {_shape(info)} ({info.get('segnet', '')}) | {info['dtype']} | {info['layout']} "
-                    f"| {info['backend']}, {info['indices']} | {_ms(base)} | {_ms(b)} | {speedup_text(base, median(b))} "
+                    f"| {info['backend']}, {info['indices']} | {_ms(base)} | {_ms(b)} "
+                    f"| {speedup_text(base, median(b))} "
                     f"| {info['gbps']:.1f} | {info['pct_of_copy_bandwidth']:.1f} | {_peak_memory(info)} |")
     return "\n".join(rows) + "\n"
 
