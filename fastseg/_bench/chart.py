@@ -36,12 +36,13 @@ def _speedup_panel(axes, rows: list[Pairing]) -> None:
             axes.barh(y, s - 1, left=1, height=0.7, color="tab:green" if s >= 1 else "tab:red")
             axes.text(s, y, f" {s:.2f}x ", va="center", ha="left" if s >= 1 else "right", fontsize=7)
     axes.set_xscale("log")
-    times = FuncFormatter(lambda value, _: f"{value:g}x")
-    axes.xaxis.set_major_formatter(times)
-    axes.xaxis.set_minor_formatter(times)
-    axes.tick_params(axis="x", which="minor", labelsize=6)
     low, high = min(measured + [1.0]), max(measured + [1.0])
     axes.set_xlim(low / 2, high * 2)  # room for the labels
+    times = FuncFormatter(lambda value, _: f"{value:g}x")
+    axes.xaxis.set_major_formatter(times)
+    if high / low < 10:  # within a decade there are few major ticks; over several the minor labels would crowd
+        axes.xaxis.set_minor_formatter(times)
+        axes.tick_params(axis="x", which="minor", labelsize=6)
     axes.axvline(1.0, color="black", linewidth=0.8)
     axes.set_xlabel("speed-up over the group's baseline (same run; log scale)")
 
