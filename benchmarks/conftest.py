@@ -9,7 +9,9 @@ Run explicitly (the repository's ``testpaths`` is ``tests``)::
 Options: ``--fastseg-device`` (auto: CUDA when a GPU is visible, else CPU),
 ``--fastseg-shapes`` (auto: full on CUDA, quick on CPU), ``--fastseg-budget``
 (seconds of timed calls per benchmark), ``--fastseg-compile-mode`` (the
-torch.compile mode of the conv suites' compiled baseline).
+torch.compile mode of the conv suites' compiled baseline). A case that
+cannot run here (no GPU, a backend or an optional baseline missing) is
+skipped with a one-line reason (``skips``).
 
 How a benchmark is timed (BENCHMARKING.md): the op runs once outside the
 timing, its result is checked against PyTorch's, a few calls warm it up and
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import roofline
+import skips
 import torch
 
 _ENV_KEY = pytest.StashKey()
@@ -145,12 +148,10 @@ class BenchEnv:
     def require(self, backends) -> None:
         """Skip unless every named fastseg backend runs real kernels here."""
         for name in backends:
-            if name == "triton" and (self.device.type != "cuda" or self.versions["triton_interpret"]):
-                pytest.skip("triton: needs a CUDA GPU without TRITON_INTERPRET=1 "
-                            "(Triton interpreter timings are never recorded)")
-            status = self.report["backends"][name][self.device.type]
-            if not status["available"]:
-                pytest.skip(f"{name} backend on {self.device.type}: {status['reason']}")
+            reason = skips.backend_reason(name, self.device.type, self.versions["triton_interpret"],
+                                          self.report["backends"][name][self.device.type])
+            if reason is not None:
+                pytest.skip(reason)
 
     def flush_cache(self) -> None:
         """Write twice the last-level cache's size through it, so that what
@@ -168,12 +169,9 @@ class BenchEnv:
 
     def require_compile(self) -> None:
         """Skip a torch.compile baseline where it is not measured."""
-        if self.device.type != "cuda":
-            pytest.skip(f"torch.compile(mode={self.compile_mode!r}) is benchmarked on CUDA only: its autotuning "
-                        "chooses among GPU kernels (Triton templates, cuDNN) and CUDA graphs; on the CPU it "
-                        "would spend minutes compiling C++ per shape for a timing that is never recorded")
-        if self.versions["triton"] is None:
-            pytest.skip("torch.compile on CUDA needs Triton (pip install triton)")
+        reason = skips.compile_reason(self.device.type, self.versions["triton"], self.compile_mode)
+        if reason is not None:
+            pytest.skip(reason)
 
     def compiled(self, key, fn: Callable) -> Callable:
         """``torch.compile(fn)`` in the session's mode, compiled afresh when
