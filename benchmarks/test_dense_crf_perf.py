@@ -174,7 +174,9 @@ def _check(case: Case, data, got: torch.Tensor) -> None:
             return
         expected = fastseg.ops.dense_crf(probs[:1], images[:1], case.iterations, probabilities=True,
                                          backend="reference", **case.scene.params)[0]
-        torch.testing.assert_close(got[0], expected, rtol=0, atol=1e-3, msg=lambda m: f"{where}: {m}")
+        # float32 lattice sums in another order drift by up to ~2e-3 over 10 iterations on the noise
+        # image (the lattice's worst case); a broken kernel is off by tenths.
+        torch.testing.assert_close(got[0], expected, rtol=0, atol=1e-2, msg=lambda m: f"{where}: {m}")
         return
     if data.baseline is None:
         data.baseline = torch.from_numpy(_pydensecrf_inference(probs[0], images[0], case.iterations,
