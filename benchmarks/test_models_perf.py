@@ -16,12 +16,12 @@ fastseg's default backends eager (``fastseg``) and compiled
 on the CPU in float32 (``CONFIGS``).
 
 Beside the median: images/s, the latency's 50th and 99th percentiles, the
-device memory one call peaks at (CUDA; weights and input included), and
-the device, dtype, layout and shape. Each fastseg result is checked once,
-outside the timing, against the eager reference twin's. Nothing asserts on
-speed; the issue's floor for DeepLabV3+ (Xception-65 and MobileNetV2):
-``fastseg-compile`` at >= 1.3x the images/s of ``torch.compile`` in the
-same group, measured on a GPU.
+device memory one call needs beyond its weights and input
+(``peak_memory_bytes``, CUDA only), and the device, dtype, layout and
+shape. Each fastseg result is checked once, outside the timing, against the
+eager reference twin's. Nothing asserts on speed; the issue's floor for
+DeepLabV3+ (Xception-65 and MobileNetV2): ``fastseg-compile`` at >= 1.3x
+the images/s of ``torch.compile`` in the same group, measured on a GPU.
 
 On the CPU (quick shapes, the default there) one small model runs,
 DeepLabV3+ MobileNetV2 at 256x256, batch 1, eager, so that
@@ -171,16 +171,6 @@ def _check(where: str, got: dict, expected: dict) -> None:
                                    msg=lambda m, key=key: f"{where}, {key!r}: differs from the reference: {m}")
 
 
-def _peak_memory(fn, x: torch.Tensor) -> int:
-    """Bytes of device memory allocated at the peak of one call (weights
-    and input included)."""
-    torch.cuda.synchronize(x.device)
-    torch.cuda.reset_peak_memory_stats(x.device)
-    fn(x)
-    torch.cuda.synchronize(x.device)
-    return torch.cuda.max_memory_allocated(x.device)
-
-
 def test_model(benchmark, bench_env, model_case):
     case = model_case
     if case.compiled:
@@ -210,7 +200,4 @@ def test_model(benchmark, bench_env, model_case):
     if case.variant != "torch":
         _check(case.id, infer(*data.sets[0]), data.baseline)
 
-    info = case.info(bench_env.compile_mode)
-    if device.type == "cuda":
-        info["peak_memory_bytes"] = _peak_memory(infer, data.sets[0][0])
-    bench_env.measure(benchmark, infer, data.sets, None, info, images=case.batch)
+    bench_env.measure(benchmark, infer, data.sets, None, case.info(bench_env.compile_mode), images=case.batch)
