@@ -6,14 +6,15 @@ compile-mode``, max-autotune by default; CUDA only, as the conv suites).
 
 Inference: eval mode (BatchNorms folded where fastseg fuses them), no
 gradients, random weights (speed does not depend on them) and random
-images. Each model at 512x512, and the Cityscapes models (those evaluated
-on Cityscapes in their papers: DeepLab v3 and v3+, PSPNet, Gated-SCNN) also
-at 1024x2048; batch 1 for latency, batch 8 for throughput. A group (model,
-size, batch) holds the four twins side by side on the same inputs: the
-reference backend eager (``torch``) and compiled (``torch.compile``), and
-fastseg's default backends eager (``fastseg``) and compiled
-(``fastseg-compile``). On a GPU the models run in bfloat16 channels_last,
-on the CPU in float32 (``CONFIGS``).
+images. Every builder ``fastseg.models.list_models()`` names (``MODELS``)
+at 512x512, and the Cityscapes models (those evaluated on Cityscapes in
+their papers: DeepLab v3 and v3+, PSPNet, Gated-SCNN) also at 1024x2048;
+batch 1 for latency, batch 8 for throughput. A group (model, size, batch)
+holds the four twins side by side on the same inputs: the reference
+backend eager (``torch``) and compiled (``torch.compile``), and fastseg's
+default backends eager (``fastseg``) and compiled (``fastseg-compile``).
+On a GPU the models run in bfloat16 channels_last, on the CPU in float32
+(``CONFIGS``).
 
 Beside the median: images/s, the latency's 50th and 99th percentiles, the
 device memory one call needs beyond its weights and input
@@ -64,13 +65,22 @@ class Model:
         return fastseg.models.create(self.builder, **dict(self.arguments))
 
 
+# Every builder of fastseg.models.list_models() at least once
+# (tests/test_benchmark_suite.py checks), with its default arguments but an
+# RGB input for the U-Nets (the benchmark's images have three channels).
 MODELS = (
+    Model("fcn32s_vgg16", "fcn32s_vgg16"),
+    Model("fcn16s_vgg16", "fcn16s_vgg16"),
     Model("fcn8s_vgg16", "fcn8s_vgg16"),
     Model("fcn_resnet50", "fcn_resnet50"),
+    Model("fcn_resnet101", "fcn_resnet101"),
     Model("segnet", "segnet"),
     Model("unet", "unet", (("in_channels", 3),)),
+    Model("unet_padded", "unet_padded", (("in_channels", 3),)),
     Model("deeplabv1_vgg16", "deeplabv1_vgg16"),
     Model("deeplabv2-resnet101", "deeplabv2"),
+    Model("deeplabv3_resnet50", "deeplabv3_resnet50"),
+    Model("deeplabv3_resnet101", "deeplabv3_resnet101"),
     Model("deeplabv3-resnet101", "deeplabv3", cityscapes=True),
     Model("deeplabv3plus-xception65", "deeplabv3plus", cityscapes=True),
     Model("deeplabv3plus-mobilenet_v2", "deeplabv3plus", (("backbone", "mobilenet_v2"),), cityscapes=True, quick=True),
