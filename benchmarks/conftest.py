@@ -388,8 +388,8 @@ class BenchEnv:
                              "stats": {"median": median}, "extra_info": dict(benchmark.extra_info)})
 
     def peak_memory(self, fn, inputs, ready: Callable, info: dict) -> int | None:
-        """``roofline.peak_memory_bytes`` of one call on ``ready(*inputs)``,
-        or None (not measured) where there is no honest figure: on the CPU
+        """``roofline.peak_memory_bytes`` of one call on the args ``ready``
+        makes of ``inputs``, or None (not measured) where there is no honest figure: on the CPU
         (no allocator statistics, and pydensecrf's and the C++ kernels'
         buffers bypass PyTorch's allocator), for a call on host tensors
         (pydensecrf on a GPU run), and for torch.compile in a mode with CUDA
@@ -446,7 +446,8 @@ def cudnn_benchmark():
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    """Device name, versions and the measured copy bandwidth in the JSON's
+    """Device name, versions, the measured copy bandwidth and the warm-up
+    time under which a group is also timed as CUDA graphs in the JSON's
     machine_info, next to pytest-benchmark's CPU description."""
     env = config.stash.get(_ENV_KEY, None)
     device = env.device if env else roofline.resolve_device(config)
@@ -459,6 +460,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
                            for dtype, rate in env.matmul_rates.items()} if env else {}),
         "last_level_cache_bytes": env.cache_bytes if env else None,
         "compile_mode": env.compile_mode if env else config.getoption("fastseg_compile_mode"),
+        "cuda_graph_launch_bound_s": cuda_graphs.LAUNCH_BOUND_S,
     }
 
 
