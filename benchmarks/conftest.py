@@ -9,7 +9,9 @@ Run explicitly (the repository's ``testpaths`` is ``tests``)::
 Options: ``--fastseg-device`` (auto: CUDA when a GPU is visible, else CPU),
 ``--fastseg-shapes`` (auto: full on CUDA, quick on CPU), ``--fastseg-budget``
 (seconds of timed calls per benchmark), ``--fastseg-compile-mode`` (the
-torch.compile mode of the conv suites' compiled baseline).
+torch.compile mode of the conv suites' compiled baseline). A case that
+cannot run here (no GPU, a backend or an optional baseline missing) is
+skipped with a one-line reason (``skips``).
 
 How a benchmark is timed (BENCHMARKING.md): the op runs once outside the
 timing, its result is checked against PyTorch's, a few calls warm it up and
@@ -24,6 +26,21 @@ also TFLOP/s, its fraction of a matmul's rate in the same dtype (measured
 once per session and dtype) and the fraction of the tighter of the two
 limits (``pct_of_roofline``).
 
+Beside the timing (one untimed call after the warm-up):
+``peak_memory_bytes``, the device memory the call allocates at its peak
+beyond what was allocated before it (its inputs, a model's weights, the
+other input sets), so what the op itself needs: intermediates,
+workspaces, outputs (``roofline.peak_memory_bytes``). CUDA only: None on
+the CPU, for calls on host tensors and for torch.compile with CUDA graphs
+(``BenchEnv.peak_memory`` says why).
+
+Launch-bound calls on CUDA (``cuda_graphs``): a group whose first record's
+warm-up median is under 50 µs (batch-1 deep-stage layers) is also timed as
+CUDA graph replays, one graph per input set, for every contender alike:
+``cuda_graph_median_s`` and its ``cuda_graph_*`` roofline figures, or
+``cuda_graph_error`` with the reason when a call was not or could not be
+captured; a failed capture never fails the benchmark.
+
 Modes of a layer (``BenchEnv.timed_mode``): the forward alone (inference),
 forward and backward, or the backward alone, its forward run between the
 rounds (pytest-benchmark's setup, outside the timing) and finished before
@@ -37,8 +54,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import cuda_graphs
 import pytest
 import roofline
+import skips
 import torch
 
 from fastseg._bench.tables import summary_lines
@@ -123,6 +142,7 @@ class BenchEnv:
     _compiled_key: object = None
     _compiled: Callable | None = None
     _scratch: torch.Tensor | None = None
+    graph_groups: cuda_graphs.GroupDecisions = field(default_factory=cuda_graphs.GroupDecisions)
     results: list = field(default_factory=list)  # what the terminal summary prints
 
     @property
@@ -147,12 +167,10 @@ class BenchEnv:
     def require(self, backends) -> None:
         """Skip unless every named fastseg backend runs real kernels here."""
         for name in backends:
-            if name == "triton" and (self.device.type != "cuda" or self.versions["triton_interpret"]):
-                pytest.skip("triton: needs a CUDA GPU without TRITON_INTERPRET=1 "
-                            "(Triton interpreter timings are never recorded)")
-            status = self.report["backends"][name][self.device.type]
-            if not status["available"]:
-                pytest.skip(f"{name} backend on {self.device.type}: {status['reason']}")
+            reason = skips.backend_reason(name, self.device.type, self.versions["triton_interpret"],
+                                          self.report["backends"][name][self.device.type])
+            if reason is not None:
+                pytest.skip(reason)
 
     def flush_cache(self) -> None:
         """Write twice the last-level cache's size through it, so that what
@@ -170,12 +188,9 @@ class BenchEnv:
 
     def require_compile(self) -> None:
         """Skip a torch.compile baseline where it is not measured."""
-        if self.device.type != "cuda":
-            pytest.skip(f"torch.compile(mode={self.compile_mode!r}) is benchmarked on CUDA only: its autotuning "
-                        "chooses among GPU kernels (Triton templates, cuDNN) and CUDA graphs; on the CPU it "
-                        "would spend minutes compiling C++ per shape for a timing that is never recorded")
-        if self.versions["triton"] is None:
-            pytest.skip("torch.compile on CUDA needs Triton (pip install triton)")
+        reason = skips.compile_reason(self.device.type, self.versions["triton"], self.compile_mode)
+        if reason is not None:
+            pytest.skip(reason)
 
     def compiled(self, key, fn: Callable) -> Callable:
         """``torch.compile(fn)`` in the session's mode, compiled afresh when
@@ -286,7 +301,9 @@ class BenchEnv:
         given, makes each call's args outside the timing (the forward of a
         backward-only benchmark), then the cache is flushed, so that the
         call reads what ``prepare`` read from memory as a training step's
-        backward does, and the device finishes before the call."""
+        backward does, and the device finishes before the call. Also
+        records ``peak_memory_bytes``, and on CUDA the CUDA-event span and,
+        for a launch-bound group, the CUDA graph replay (module docstring)."""
         device = self.device
 
         def timed(args):
@@ -325,6 +342,7 @@ class BenchEnv:
             timed(args)
             times.append(time.perf_counter() - start)
         rounds = max(self.min_rounds, min(self.max_rounds, math.ceil(self.budget_s / min(times))))
+        benchmark.extra_info["peak_memory_bytes"] = self.peak_memory(fn, sets[0], ready, info)
         rotation = itertools.cycle(sets)
 
         def next_set():
@@ -358,11 +376,40 @@ class BenchEnv:
                 end.synchronize()
                 spans.append(start.elapsed_time(end) / 1e3)
             event_median = statistics.median(spans)
-            event = {} if traffic is None else roofline.roofline_figures(event_median, traffic, flops, copy, matmul)
-            benchmark.extra_info.update({"cuda_event_median_s": event_median,
-                                         **{f"cuda_event_{k}": v for k, v in event.items()}})
+            benchmark.extra_info["cuda_event_median_s"] = event_median
+            if traffic is not None:
+                benchmark.extra_info.update(
+                    roofline.roofline_figures(event_median, traffic, flops, copy, matmul, prefix="cuda_event_"))
+            if self.graph_groups.wanted(benchmark.group, statistics.median(times)):
+                graph = self.graph_timing(fn, sets, prepare, info, rounds)
+                benchmark.extra_info.update(graph)
+                if traffic is not None and "cuda_graph_median_s" in graph:
+                    benchmark.extra_info.update(roofline.roofline_figures(
+                        graph["cuda_graph_median_s"], traffic, flops, copy, matmul, prefix="cuda_graph_"))
         self.results.append({"group": benchmark.group, "name": benchmark.name,
                              "stats": {"median": median}, "extra_info": dict(benchmark.extra_info)})
+
+    def peak_memory(self, fn, inputs, ready: Callable, info: dict) -> int | None:
+        """``roofline.peak_memory_bytes`` of one call on the args ``ready``
+        makes of ``inputs``, or None (not measured) where there is no honest figure: on the CPU
+        (no allocator statistics, and pydensecrf's and the C++ kernels'
+        buffers bypass PyTorch's allocator), for a call on host tensors
+        (pydensecrf on a GPU run), and for torch.compile in a mode with CUDA
+        graphs, which keeps its memory in the graphs' private pool from the
+        recording on, so that a call allocates next to nothing new."""
+        if (self.device.type != "cuda" or cuda_graphs.tensor_devices(inputs) != {"cuda"}
+                or info.get("compile_mode") in cuda_graphs.CUDAGRAPH_COMPILE_MODES):
+            return None
+        return roofline.peak_memory_bytes(fn, ready(inputs), self.device)
+
+    @staticmethod
+    def graph_timing(fn, sets, prepare: Callable | None, info: dict, rounds: int) -> dict:
+        """``cuda_graph_median_s`` of ``fn`` replayed as CUDA graphs, or
+        ``cuda_graph_error`` saying why it was not (``cuda_graphs``)."""
+        reason = cuda_graphs.obstacle(sets[0], prepare, info.get("compile_mode"))
+        if reason is not None:
+            return {"cuda_graph_error": reason}
+        return cuda_graphs.graph_median(fn, sets, rounds)
 
 
 def latency_percentiles(times) -> dict:
@@ -401,7 +448,8 @@ def cudnn_benchmark():
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    """Device name, versions and the measured copy bandwidth in the JSON's
+    """Device name, versions, the measured copy bandwidth and the warm-up
+    time under which a group is also timed as CUDA graphs in the JSON's
     machine_info, next to pytest-benchmark's CPU description."""
     env = config.stash.get(_ENV_KEY, None)
     device = env.device if env else roofline.resolve_device(config)
@@ -414,6 +462,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
                            for dtype, rate in env.matmul_rates.items()} if env else {}),
         "last_level_cache_bytes": env.cache_bytes if env else None,
         "compile_mode": env.compile_mode if env else config.getoption("fastseg_compile_mode"),
+        "cuda_graph_launch_bound_s": cuda_graphs.LAUNCH_BOUND_S,
     }
 
 

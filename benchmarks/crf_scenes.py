@@ -16,7 +16,7 @@ the CRF's bilateral kernel then snaps the labels to.
 import math
 from dataclasses import dataclass
 
-import pytest
+import skips
 import torch
 import torch.nn.functional as F
 
@@ -56,7 +56,7 @@ SCENES = {
 
 def _photograph(which: str, size: tuple[int, int]) -> torch.Tensor:
     """[3, H, W] uint8: a scikit-image photograph resized to ``size``."""
-    data = pytest.importorskip("skimage.data", reason="the photographs come with scikit-image")
+    data = skips.import_or_skip("skimage.data", skips.SKIMAGE_INSTALL)
     image = torch.from_numpy(getattr(data, which)()).permute(2, 0, 1).float().unsqueeze(0)
     resized = F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False)
     return resized.round().clamp(0, 255).to(torch.uint8)[0]

@@ -541,13 +541,32 @@ def measure_matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * size ** 3 / statistics.median(times)
 
 
+def peak_memory_bytes(fn, args, device: torch.device) -> int:
+    """Device memory one call of ``fn(*args)`` allocates at its peak beyond
+    what was allocated before it (its inputs, a model's weights, the other
+    input sets): the call's intermediates, workspaces and outputs. CUDA
+    only, from the caching allocator's statistics (which cuDNN's and
+    cuBLAS's workspaces go through); the host has no such account of what
+    one call allocates. An untimed call; run it after the warm-up, so that
+    cuDNN's autotuning of a new shape is not counted."""
+    if device.type != "cuda":
+        raise ValueError(f"device: peak memory is measured on CUDA only, got {device}")
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn(*args)
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
 def roofline_figures(seconds: float, traffic: Traffic, flops: Flops | None, copy_bandwidth: float,
-                     matmul_rate: float | None) -> dict:
+                     matmul_rate: float | None, prefix: str = "") -> dict:
     """Throughput at ``seconds`` per call and its fraction of the limits:
     ``gbps`` over the copy bandwidth, ``tflops`` (the GEMM share) over the
     matmul rate, and ``pct_of_roofline``: the time the tighter of the two
     bounds allows over ``seconds``. Without FLOPs the memory bound is the
-    roofline."""
+    roofline. ``prefix`` names the timing the figures are of
+    (``cuda_event_``, ``cuda_graph_``), prepended to every key."""
     figures = {"gbps": round(traffic.total / seconds / 1e9, 2),
                "pct_of_copy_bandwidth": round(100 * traffic.total / seconds / copy_bandwidth, 1)}
     memory_s, compute_s = traffic.total / copy_bandwidth, 0.0
@@ -556,7 +575,7 @@ def roofline_figures(seconds: float, traffic: Traffic, flops: Flops | None, copy
         figures.update({"tflops": round(flops.total / seconds / 1e12, 4),
                         "pct_of_matmul_rate": round(100 * flops.gemm / seconds / matmul_rate, 1)})
     figures["pct_of_roofline"] = round(100 * max(memory_s, compute_s) / seconds, 1)
-    return figures
+    return {prefix + key: value for key, value in figures.items()}
 
 
 def roofline_bound(traffic: Traffic, flops: Flops | None, copy_bandwidth: float, matmul_rate: float | None) -> dict:

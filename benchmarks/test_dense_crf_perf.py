@@ -32,8 +32,8 @@ import importlib
 from dataclasses import dataclass
 
 import crf_scenes
-import pytest
 import roofline
+import skips
 import torch
 
 import fastseg
@@ -95,8 +95,8 @@ def _pydensecrf_inference(probs: torch.Tensor, image: torch.Tensor, iterations: 
     (uint8): DenseCRF2D for RGB photographs, the generic DenseCRF with the
     same features otherwise. Returns Q [L, *spatial] (numpy)."""
     import numpy as np
-    dcrf = pytest.importorskip("pydensecrf.densecrf", reason="pip install pydensecrf2")
-    utils = pytest.importorskip("pydensecrf.utils", reason="pip install pydensecrf2")
+    dcrf = skips.import_or_skip("pydensecrf.densecrf", skips.PYDENSECRF_INSTALL)
+    utils = skips.import_or_skip("pydensecrf.utils", skips.PYDENSECRF_INSTALL)
     labels, *spatial = probs.shape
     unary = utils.unary_from_softmax(probs.numpy())
     if len(spatial) == 2 and image.shape[0] == 3:
@@ -130,7 +130,9 @@ def _traffic(case: Case) -> roofline.Traffic:
 
 def test_dense_crf(benchmark, bench_env, crf_case):
     case = crf_case
-    if case.contender != "pydensecrf":
+    if case.contender == "pydensecrf":
+        skips.import_or_skip("pydensecrf.densecrf", skips.PYDENSECRF_INSTALL)  # before making the inputs
+    else:
         bench_env.require((case.contender,))
     benchmark.group = case.group
     scene, device = case.scene, bench_env.device
@@ -172,7 +174,9 @@ def _check(case: Case, data, got: torch.Tensor) -> None:
             return
         expected = fastseg.ops.dense_crf(probs[:1], images[:1], case.iterations, probabilities=True,
                                          backend="reference", **case.scene.params)[0]
-        torch.testing.assert_close(got[0], expected, rtol=0, atol=1e-3, msg=lambda m: f"{where}: {m}")
+        # float32 lattice sums in another order drift by up to ~2e-3 over 10 iterations on the noise
+        # image (the lattice's worst case); a broken kernel is off by tenths.
+        torch.testing.assert_close(got[0], expected, rtol=0, atol=1e-2, msg=lambda m: f"{where}: {m}")
         return
     if data.baseline is None:
         data.baseline = torch.from_numpy(_pydensecrf_inference(probs[0], images[0], case.iterations,

@@ -6,22 +6,23 @@ compile-mode``, max-autotune by default; CUDA only, as the conv suites).
 
 Inference: eval mode (BatchNorms folded where fastseg fuses them), no
 gradients, random weights (speed does not depend on them) and random
-images. Each model at 512x512, and the Cityscapes models (those evaluated
-on Cityscapes in their papers: DeepLab v3 and v3+, PSPNet, Gated-SCNN) also
-at 1024x2048; batch 1 for latency, batch 8 for throughput. A group (model,
-size, batch) holds the four twins side by side on the same inputs: the
-reference backend eager (``torch``) and compiled (``torch.compile``), and
-fastseg's default backends eager (``fastseg``) and compiled
-(``fastseg-compile``). On a GPU the models run in bfloat16 channels_last,
-on the CPU in float32 (``CONFIGS``).
+images. Every builder ``fastseg.models.list_models()`` names (``MODELS``)
+at 512x512, and the Cityscapes models (those evaluated on Cityscapes in
+their papers: DeepLab v3 and v3+, PSPNet, Gated-SCNN) also at 1024x2048;
+batch 1 for latency, batch 8 for throughput. A group (model, size, batch)
+holds the four twins side by side on the same inputs: the reference
+backend eager (``torch``) and compiled (``torch.compile``), and fastseg's
+default backends eager (``fastseg``) and compiled (``fastseg-compile``).
+On a GPU the models run in bfloat16 channels_last, on the CPU in float32
+(``CONFIGS``).
 
 Beside the median: images/s, the latency's 50th and 99th percentiles, the
-device memory one call peaks at (CUDA; weights and input included), and
-the device, dtype, layout and shape. Each fastseg result is checked once,
-outside the timing, against the eager reference twin's. Nothing asserts on
-speed; the issue's floor for DeepLabV3+ (Xception-65 and MobileNetV2):
-``fastseg-compile`` at >= 1.3x the images/s of ``torch.compile`` in the
-same group, measured on a GPU.
+device memory one call needs beyond its weights and input
+(``peak_memory_bytes``, CUDA only), and the device, dtype, layout and
+shape. Each fastseg result is checked once, outside the timing, against the
+eager reference twin's. Nothing asserts on speed; the issue's floor for
+DeepLabV3+ (Xception-65 and MobileNetV2): ``fastseg-compile`` at >= 1.3x
+the images/s of ``torch.compile`` in the same group, measured on a GPU.
 
 On the CPU (quick shapes, the default there) one small model runs,
 DeepLabV3+ MobileNetV2 at 256x256, batch 1, eager, so that
@@ -64,13 +65,22 @@ class Model:
         return fastseg.models.create(self.builder, **dict(self.arguments))
 
 
+# Every builder of fastseg.models.list_models() at least once
+# (tests/test_benchmark_suite.py checks), with its default arguments but an
+# RGB input for the U-Nets (the benchmark's images have three channels).
 MODELS = (
+    Model("fcn32s_vgg16", "fcn32s_vgg16"),
+    Model("fcn16s_vgg16", "fcn16s_vgg16"),
     Model("fcn8s_vgg16", "fcn8s_vgg16"),
     Model("fcn_resnet50", "fcn_resnet50"),
+    Model("fcn_resnet101", "fcn_resnet101"),
     Model("segnet", "segnet"),
     Model("unet", "unet", (("in_channels", 3),)),
+    Model("unet_padded", "unet_padded", (("in_channels", 3),)),
     Model("deeplabv1_vgg16", "deeplabv1_vgg16"),
     Model("deeplabv2-resnet101", "deeplabv2"),
+    Model("deeplabv3_resnet50", "deeplabv3_resnet50"),
+    Model("deeplabv3_resnet101", "deeplabv3_resnet101"),
     Model("deeplabv3-resnet101", "deeplabv3", cityscapes=True),
     Model("deeplabv3plus-xception65", "deeplabv3plus", cityscapes=True),
     Model("deeplabv3plus-mobilenet_v2", "deeplabv3plus", (("backbone", "mobilenet_v2"),), cityscapes=True, quick=True),
@@ -171,16 +181,6 @@ def _check(where: str, got: dict, expected: dict) -> None:
                                    msg=lambda m, key=key: f"{where}, {key!r}: differs from the reference: {m}")
 
 
-def _peak_memory(fn, x: torch.Tensor) -> int:
-    """Bytes of device memory allocated at the peak of one call (weights
-    and input included)."""
-    torch.cuda.synchronize(x.device)
-    torch.cuda.reset_peak_memory_stats(x.device)
-    fn(x)
-    torch.cuda.synchronize(x.device)
-    return torch.cuda.max_memory_allocated(x.device)
-
-
 def test_model(benchmark, bench_env, model_case):
     case = model_case
     if case.compiled:
@@ -210,7 +210,4 @@ def test_model(benchmark, bench_env, model_case):
     if case.variant != "torch":
         _check(case.id, infer(*data.sets[0]), data.baseline)
 
-    info = case.info(bench_env.compile_mode)
-    if device.type == "cuda":
-        info["peak_memory_bytes"] = _peak_memory(infer, data.sets[0][0])
-    bench_env.measure(benchmark, infer, data.sets, None, info, images=case.batch)
+    bench_env.measure(benchmark, infer, data.sets, None, case.info(bench_env.compile_mode), images=case.batch)
