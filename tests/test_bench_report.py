@@ -329,6 +329,6 @@ def test_quick_run_end_to_end(tmp_path):
     assert set(medians) == {"torch", "fastseg-reference-flat"}
     text = Path(stem + ".md").read_text()
     assert f"{medians['torch'] / medians['fastseg-reference-flat']:.2f}x" in table_row(text, "reference, flat")
-    assert "- 1 case: triton: needs a CUDA GPU" in text and "A CPU run is for development" in text
+    assert "- 1 case: triton on cpu: benchmarked on CUDA only" in text and "A CPU run is for development" in text
     assert Path(stem + ".png").read_bytes().startswith(PNG_SIGNATURE)
     assert "3/3" in done.stderr  # the progress bar over the three selected cases, on stderr

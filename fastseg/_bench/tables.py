@@ -18,6 +18,22 @@ def _peak_memory(info: dict) -> str:
     return f"{peak / 2**20:.0f}" if peak is not None else "—"
 
 
+def _graph_ms(record) -> str:
+    """The median of the call replayed as a CUDA graph, where the suite timed
+    one (launch-bound groups on CUDA), else "—" (the record's cuda_graph_error
+    says why where it tried)."""
+    if not record:
+        return NOT_MEASURED
+    info = record["extra_info"]
+    if "cuda_graph_median_s" in info:
+        return f"{info['cuda_graph_median_s'] * 1e3:.3f}"
+    return "—"
+
+
+def _graphs(baseline, record) -> str:
+    return f"{_graph_ms(baseline)} / {_graph_ms(record)}"
+
+
 def _shape(info: dict) -> str:
     return "x".join(str(s) for s in info["shape"])
 
@@ -28,13 +44,14 @@ def summary_lines(benchmarks) -> list[str]:
     has several baselines, the fastest of them (``vs best``)."""
     grouped = groups(benchmarks)
     events = any("cuda_event_median_s" in b["extra_info"] for b in benchmarks)
+    graphs = any("cuda_graph_median_s" in b["extra_info"] for b in benchmarks)
     flops = any("flops" in b["extra_info"] for b in benchmarks)
     several = any(sum(b["extra_info"].get("implementation") in BASELINE_IMPLEMENTATIONS for b in members) > 1
                   for members in grouped.values())
     width = max([48] + [len(g) for g in grouped])
     lines = [f"{'group':<{width}} {'variant':<32} {'median ms':>10}" + (f" {'TFLOP/s':>8}" if flops else "")
              + f" {'GB/s':>8} {'% copy':>7}" + (f" {'% roof':>7}" if flops else "") + f" {'vs torch':>9}"
-             + (f" {'vs best':>9}" if several else "") + (f" {'event ms':>10} {'% copy':>7}" if events else "")]
+             + (f" {'vs best':>9}" if several else "") + (f" {'event ms':>10} {'% copy':>7}" if events else "") + (f" {'graph ms':>10}" if graphs else "")]
     nan = float("nan")
     for group, members in grouped.items():
         fastest = fastest_baseline(members)
@@ -49,7 +66,8 @@ def summary_lines(benchmarks) -> list[str]:
                 + f" {speedup_text(baseline, seconds) if baseline else 'no baseline':>9}"
                 + (f" {speedup_text(fastest, seconds) if fastest else 'no baseline':>9}" if several else "")
                 + (f" {info.get('cuda_event_median_s', nan) * 1e3:>10.3f} "
-                   f"{info.get('cuda_event_pct_of_copy_bandwidth', nan):>6.1f}%" if events else ""))
+                   f"{info.get('cuda_event_pct_of_copy_bandwidth', nan):>6.1f}%" if events else "")
+                + (f" {_graph_ms(b):>10}" if graphs else ""))
     return lines
 
 
@@ -57,15 +75,16 @@ def pool_table(benchmarks) -> str:
     """The pooling suite: one row per fastseg variant beside the PyTorch
     baseline of its group."""
     rows = ["| op | shape | dtype | layout | fastseg | baseline ms | fastseg ms | speed-up "
-            "| GB/s | % of copy bandwidth | peak MiB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| GB/s | % of copy bandwidth | CUDA graph ms (baseline / fastseg) | peak MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for pair in pairings(benchmarks):
         b, base = pair.record, pair.baseline
         info = b["extra_info"]
         rows.append(f"| {info['op']} | {_shape(info)} ({info.get('segnet', '')}) | {info['dtype']} | {info['layout']} "
                     f"| {info['backend']}, {info['indices']} | {_ms(base)} | {_ms(b)} "
                     f"| {speedup_text(base, median(b))} "
-                    f"| {info['gbps']:.1f} | {info['pct_of_copy_bandwidth']:.1f} | {_peak_memory(info)} |")
+                    f"| {info['gbps']:.1f} | {info['pct_of_copy_bandwidth']:.1f} | {_graphs(base, b)} "
+                    f"| {_peak_memory(info)} |")
     return "\n".join(rows) + "\n"
 
 
@@ -74,8 +93,9 @@ def conv_table(benchmarks) -> str:
     the same dtype and layout and the fastest PyTorch record of its group
     (any dtype or layout, or torch.compile)."""
     rows = ["| op | mode | layer | conv | dtype | layout | fastseg | PyTorch eager ms | fastest baseline "
-            "| its ms | fastseg ms | vs eager | vs fastest | TFLOP/s | GB/s | % of roofline (bound) | peak MiB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| its ms | fastseg ms | vs eager | vs fastest | TFLOP/s | GB/s | % of roofline (bound) "
+            "| CUDA graph ms (eager / fastseg) | peak MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for members in groups(benchmarks).values():
         fastest = fastest_baseline(members)
         for b in members:
@@ -88,7 +108,8 @@ def conv_table(benchmarks) -> str:
                         f"| {baseline_label(fastest) if fastest else NOT_MEASURED} | {_ms(fastest)} "
                         f"| {seconds * 1e3:.3f} | {speedup_text(eager, seconds)} | {speedup_text(fastest, seconds)} "
                         f"| {info['tflops']:.2f} | {info['gbps']:.1f} "
-                        f"| {info['pct_of_roofline']:.1f} ({info['bound']}) | {_peak_memory(info)} |")
+                        f"| {info['pct_of_roofline']:.1f} ({info['bound']}) | {_graphs(eager, b)} "
+                        f"| {_peak_memory(info)} |")
     return "\n".join(rows) + "\n"
 
 
