@@ -278,6 +278,29 @@ def test_step_inference_equals_inference():
         np.testing.assert_allclose(q, crf.inference(iteration), rtol=0, atol=1e-5)
 
 
+def test_kernels_added_after_a_step_take_part_in_the_next():
+    """A kernel added after stepInference or klDivergence (which made the
+    filters of the kernels added so far) enters the next ones, as in a CRF
+    given every kernel from the start."""
+    rng = np.random.default_rng(13)
+    unary, image = _softmax_unary(rng), _image(rng)
+    grown = fd.DenseCRF2D(W, H, M)
+    grown.setUnaryEnergy(unary)
+    grown.addPairwiseGaussian(3, 3)
+    q, tmp1, tmp2 = grown.startInference()
+    gaussian_only = grown.klDivergence(q)
+    grown.addPairwiseBilateral(20, 13, image, 10)
+    whole = fd.DenseCRF2D(W, H, M)
+    whole.setUnaryEnergy(unary)
+    whole.addPairwiseGaussian(3, 3)
+    whole.addPairwiseBilateral(20, 13, image, 10)
+    assert grown.klDivergence(q) == whole.klDivergence(q) != gaussian_only
+    expected = q.copy()
+    whole.stepInference(expected, tmp1, tmp2)
+    grown.stepInference(q, tmp1, tmp2)
+    np.testing.assert_array_equal(q, expected)
+
+
 def test_step_inference_and_kl_divergence_match_pydensecrf(pd):
     crfs = {module: _crf_with_matrix_compat(module, 12) for module in (pd, fd)}
     expected, *expected_scratch = crfs[pd].startInference()

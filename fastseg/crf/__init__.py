@@ -189,7 +189,9 @@ class DenseCRF:
         _check_int(nlabels, "nlabels", 1)
         self._nvar, self._nlabels = int(nvar), int(nlabels)
         self._unary = torch.zeros(1, self._nvar, self._nlabels)  # [1, N, M]: none set is a zero energy
-        self._kernels: list[tuple[Filter, torch.Tensor]] = []  # (normalised filter, [M, M] compat)
+        # (lattice, feature count, normalisation, [M, M] compat) of every kernel added
+        self._pairwise: list[tuple[Lattice, int, NormalizationType, torch.Tensor]] = []
+        self._filters: list[tuple[Filter, torch.Tensor]] = []  # made from _pairwise when first needed
         # (lattice, compat) as fused_mean_field takes them while every kernel can go there, else None.
         self._fused_kernels: list[tuple[Lattice, torch.Tensor | float]] | None = []
 
@@ -222,7 +224,7 @@ class DenseCRF:
         _enum_member(kernel, KernelType, "kernel")
         kind = _enum_member(normalization, NormalizationType, "normalization")
         lattice = permutohedral_lattice(torch.from_numpy(np.ascontiguousarray(features)).unsqueeze(0))
-        self._kernels.append((_kernel_filter(lattice, features.shape[0], self._nvar, kind), compat))
+        self._pairwise.append((lattice, features.shape[0], kind, compat))
         if self._fused_kernels is not None and kind == NORMALIZE_SYMMETRIC and lattice.backend == "cpp":
             self._fused_kernels.append((lattice, _fused_compat(compat)))
         else:
@@ -258,6 +260,16 @@ class DenseCRF:
         # 1e-20 keeps 0 log 0 at 0, as his code does.
         terms = q * (torch.log(q.clamp(min=1e-20)) + self._energy(q))
         return float(terms.double().sum())
+
+    @property
+    def _kernels(self) -> list[tuple[Filter, torch.Tensor]]:
+        """(normalised filter, compat) of every kernel: made on first use,
+        since ``inference`` of symmetrically normalised kernels runs in the
+        fused op, which normalises them itself (the filter of ones each
+        normalisation costs is then not needed)."""
+        for lattice, d, kind, compat in self._pairwise[len(self._filters):]:
+            self._filters.append((_kernel_filter(lattice, d, self._nvar, kind), compat))
+        return self._filters
 
     def _energy(self, q: torch.Tensor) -> torch.Tensor:
         return mean_field_energy(self._unary, self._kernels, q)
