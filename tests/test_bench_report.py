@@ -286,17 +286,23 @@ def test_readme_table(tmp_path):
     text = page.read_text()
     assert "not measured" in text and "old text" not in text and text.endswith(f"{readme.END}\n\nafter\n")
 
-    # two runs of one GPU (the later one counts) and a CPU run
+    # two runs of one GPU (the later one counts), a model on the GPU, and a CPU
+    # run whose fastseg records run no fastseg kernel: the reference backend,
+    # a model on the CPU (the reference twin's convs)
     write(results / "gpu-old.json", document([pool("torch", "torch", 2e-3), pool("fastseg-t-flat", "fastseg", 2e-3)],
                                              when="2026-11-01T00:00:00"))
     write(results / "gpu-new.json", document([pool("torch", "torch", 3e-3), pool("fastseg-t-flat", "fastseg", 1e-3),
                                               pool("fastseg-r-flat", "fastseg", 2e-3)], when="2026-11-23T00:00:00"))
-    write(results / "cpu.json", document([model("torch", 30e-3), model("fastseg", 20e-3)],
+    write(results / "gpu-model.json", document([model("torch", 30e-3), model("fastseg", 10e-3)],
+                                               when="2026-11-24T00:00:00"))
+    write(results / "cpu.json", document([model("torch", 30e-3), model("fastseg", 20e-3), pool("torch", "torch", 4e-3),
+                                          pool("fastseg-reference-flat", "fastseg", 2e-3)],
                                          device="AMD EPYC (2 threads)"))
     readme.update_readme(page, results)
     text = page.read_text()
     assert "| NVIDIA H100 80GB HBM3 (cuda) | max_pool2d | 1 | 3.00x (3.00–3.00x) | 12.5% | [gpu-new.json]" in text
-    assert "| AMD EPYC (2 threads) (cpu) | model | 1 | 1.50x (1.50–1.50x) | — | [cpu.json]" in text
+    assert "| NVIDIA H100 80GB HBM3 (cuda) | model | 1 | 3.00x (3.00–3.00x) | — | [gpu-model.json]" in text
+    assert "AMD EPYC" not in text and "cpu.json" not in text
     assert "gpu-old.json" not in text and "not measured" not in text
 
     page.write_text("no markers\n")
