@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastseg.models import create, gated_scnn, list_models, set_backend
+from fastseg.models import create, gated_scnn, list_models
 from fastseg.models.gated_scnn import GatedSCNN
 from fastseg.models.image_gradient import ImageGradient
-from model_helpers import BuiltModels, image
+from model_helpers import BuiltModels, assert_reference_backend_matches, image
 from fastseg.models.losses import (GATED_SCNN_WEIGHTS, balanced_binary_cross_entropy, boundary_magnitude,
                                    gated_scnn_loss, semantic_boundaries)
 
@@ -62,17 +62,7 @@ def test_forward_backward(batch, training, size, gen):
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_reference_backend_matches_default(device, gen):
-    net = model().eval().to(device)
-    x = image(2, (33, 47), gen).to(device)
-    try:
-        with torch.no_grad():
-            default = net(x)
-            reference = set_backend(net, "reference")(x)
-        for key in default:
-            scale = reference[key].abs().max()
-            torch.testing.assert_close(default[key], reference[key], rtol=0, atol=1e-4 * scale.item())
-    finally:
-        net.to("cpu")
+    assert_reference_backend_matches(model(), image(2, (33, 47), gen), device)
 
 
 def test_registered_with_its_defaults():

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from fastseg.models import create, list_models, set_backend
-from model_helpers import BuiltModels, image
+from model_helpers import BuiltModels, assert_close_relative, assert_reference_backend_matches, image
 
 NUM_CLASSES = 3
 slow = pytest.mark.skipif(os.environ.get("FASTSEG_SLOW_TESTS") != "1", reason="slow: set FASTSEG_SLOW_TESTS=1")
@@ -34,8 +34,6 @@ MODELS = {
     "pspnet-resnet50-aux": ("pspnet", {"backbone": "resnet50"}),
 }
 NARROW = "deeplabv3plus-mobilenet_v2"
-# Relative to the largest |logit|: float32 reassociation through ~100 layers; bf16's 8 bits.
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2}
 
 
 BUILT = BuiltModels()
@@ -56,13 +54,6 @@ def _models_as_built():
 
 def expected_keys(model_id: str) -> set[str]:
     return {"out", "aux"} if model_id.endswith("-aux") else {"out"}
-
-
-def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, name: str) -> None:
-    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
-    scale = expected.abs().max().item()
-    error = (actual.float() - expected.float()).abs().max().item()
-    assert error <= TOLERANCE[dtype] * scale, f"{name}: max error {error:.3g} > {TOLERANCE[dtype]} * {scale:.3g}"
 
 
 # --- forward and backward -------------------------------------------------------------
@@ -113,16 +104,7 @@ def test_every_registered_model_runs(gen):
 def test_reference_backend_matches_default(model_id, device, gen):
     """On the CPU both run PyTorch's ops (no faster CPU conv exists); on a
     GPU the default is the Triton kernels (fused separable conv included)."""
-    net = model(model_id).eval().to(device)
-    x = image(2, (33, 47), gen).to(device)
-    try:
-        with torch.no_grad():
-            default = net(x)
-            reference = set_backend(net, "reference")(x)
-        for key in default:
-            assert_close_relative(default[key], reference[key], torch.float32, key)
-    finally:
-        net.to("cpu")
+    assert_reference_backend_matches(model(model_id), image(2, (33, 47), gen), device)
 
 
 @slow
