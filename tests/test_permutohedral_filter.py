@@ -331,6 +331,49 @@ def test_cpp_lattice_is_the_reference_lattice(d, gen):
     theirs = permutohedral_lattice(features, backend="reference")
     for lattice in (ours, theirs):
         check_lattice_structure(lattice, batch, 20, d)
+    assert_same_lattice(ours, theirs)
+
+
+def smooth_image_features(batch, height, width, gen):
+    """Bilateral features (x, y, r, g, b) of smooth random images: most
+    pixels share their simplex with a pixel of the row above, not only with
+    the previous one. A little noise keeps the coordinates of a point from
+    tying exactly (as x = y would): the two backends' roundings split such
+    ties differently, into equally valid simplices."""
+    colour = torch.nn.functional.interpolate(torch.rand(batch, 3, height // 16 + 1, width // 16 + 1, generator=gen,
+                                                        dtype=torch.float64), size=(height, width), mode="bilinear")
+    y, x = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
+                          indexing="ij")
+    features = torch.cat([torch.stack([x / 7.3, y / 6.1]).expand(batch, 2, height, width), colour / 0.31], dim=1)
+    return features + 1e-4 * torch.randn(features.shape, generator=gen, dtype=torch.float64)
+
+
+def test_cpp_lattice_of_photographs(gen):
+    """Images large enough to be numbered in chunks (one per thread) whose
+    pixels share simplices across rows, as a photograph's do: the lattice is
+    the reference's up to the numbering, numbered in order of first
+    appearance, and the same on one thread and on two."""
+    features = smooth_image_features(2, 75, 130, gen)
+    before = torch.get_num_threads()
+    lattices = []
+    try:
+        for threads in (max(2, before), 1):
+            torch.set_num_threads(threads)
+            lattices.append(permutohedral_lattice(features, backend="cpp"))
+    finally:
+        torch.set_num_threads(before)
+    ours = lattices[0]
+    check_lattice_structure(ours, 2, 75 * 130, 5)
+    assert_same_lattice(ours, permutohedral_lattice(features, backend="reference"))
+    # In order of first appearance: the largest number so far grows by one at a time.
+    largest = torch.cummax(ours.tensors.vertex_of.reshape(-1), 0).values
+    assert largest[0] == 0 and (largest.diff() <= 1).all()
+    for a, b in zip(ours.tensors, lattices[1].tensors, strict=True):
+        assert torch.equal(a, b)
+
+
+def assert_same_lattice(ours: Lattice, theirs: Lattice) -> None:
+    """The same lattice up to the numbering of vertices (float64 weights)."""
     assert ours.vertices == theirs.vertices
     relabel = torch.full((ours.vertices,), -1, dtype=torch.long)
     relabel[ours.tensors.vertex_of.reshape(-1).long()] = theirs.tensors.vertex_of.reshape(-1).long()
