@@ -64,11 +64,10 @@ namespace {
 // Every row the kernels read or write is a whole number of these.
 constexpr int kMaxVectorBytes = 32;
 
-// How many corners ahead the splat prefetches rows, and how many pixels ahead
-// the slice does (see splat() and update_q()); the splat lists carry
-// kSplatLookahead extra entries so that the look-ahead stays in bounds.
+// How many corners ahead the splat prefetches rows (see splat()); the splat
+// lists carry kSplatLookahead extra entries so that the look-ahead stays in
+// bounds.
 constexpr int kSplatLookahead = 32;
-constexpr int kSliceLookahead = 4;
 
 // Pixels per tile where rows and label planes are transposed (see
 // for_each_tile() in dense_crf_kernels.h).
@@ -95,8 +94,7 @@ struct KernelLattice {
   int64_t pixels;                 // P = B*N
   int64_t vertices;               // M
   const int32_t* vertex_of;       // [P, corners]
-  const scalar_t* weight;         // [P, corners]: barycentric weights
-  const scalar_t* norm;           // [P]: the normalisation, a factor on every weight of the pixel
+  const scalar_t* slice_weight;   // [P, corners]: barycentric weights times the pixel's norm
   const int32_t* neighbors;       // [corners, M, 2]
   const int32_t* vertex_start;    // [M+1]: a vertex's corners in the splat lists
   const int32_t* splat_pixel;     // [P*corners + kSplatLookahead]: each corner's pixel, in splat order
@@ -159,14 +157,14 @@ void run_mean_field(const MeanFieldArgs<scalar_t>& args, scalar_t* q) {
 
 // A lattice in the layout of the iteration: the splat lists (each corner's
 // pixel and weight, in splat order, gathered once per call instead of once
-// per iteration) and every pixel's n = (K 1)^(-1/2), the symmetric
-// normalisation (see normalization in fastseg/reference/dense_crf.py), which
-// multiplies the pixel's weights in the splat lists here and in the slice
-// later. The filter of ones has one channel, so it is computed here, in
-// scalars, with the arithmetic of permutohedral_apply (splatting ones sums
-// each vertex's weights).
+// per iteration) and the slice weights, each weight times its pixel's
+// n = (K 1)^(-1/2), the symmetric normalisation (see normalization in
+// fastseg/reference/dense_crf.py; norm gets n). The filter of ones has one
+// channel, so it is computed here, in scalars, with the arithmetic of
+// permutohedral_apply (splatting ones sums each vertex's weights).
 template <typename scalar_t>
-void normalized_lists(const LatticeArgs& lattice, int32_t* splat_pixel, scalar_t* splat_weight, scalar_t* norm) {
+void normalized_lists(const LatticeArgs& lattice, int32_t* splat_pixel, scalar_t* splat_weight,
+                      scalar_t* slice_weight, scalar_t* norm) {
   const int corners = static_cast<int>(lattice.d() + 1);
   const int64_t vertices = lattice.vertices(), pixels = lattice.vertex_of.size(0) * lattice.vertex_of.size(1);
   const int32_t* start = lattice.vertex_start.const_data_ptr<int32_t>();
@@ -216,6 +214,7 @@ void normalized_lists(const LatticeArgs& lattice, int32_t* splat_pixel, scalar_t
         filtered += scale * barycentric[p * corners + r] * current[vertex_of[p * corners + r]];
       }
       norm[p] = 1 / std::sqrt(filtered + scalar_t(1e-20));
+      for (int r = 0; r < corners; ++r) slice_weight[p * corners + r] = barycentric[p * corners + r] * norm[p];
     }
   });
   at::parallel_for(0, total, grain_for(2), [&](int64_t begin, int64_t end) {
@@ -290,6 +289,7 @@ template <typename scalar_t>
 struct KernelScratch {
   int32_t* splat_pixel;    // [P*corners + kSplatLookahead]
   scalar_t* splat_weight;  // [P*corners]
+  scalar_t* slice_weight;  // [P*corners]
   scalar_t* norm;          // [P]
   scalar_t* values;        // [M+1, width]
   scalar_t* spare;         // [M+1, width]
@@ -308,8 +308,9 @@ Scratch<scalar_t> carve_scratch(Carver& carver, int64_t pixels, int width, const
   for (const LatticeArgs& lattice : lattices) {
     const int64_t corners = lattice.d() + 1, rows = lattice.vertices() + 1;
     scratch.kernels.push_back({carver.take<int32_t>(pixels * corners + kSplatLookahead),
-                               carver.take<scalar_t>(pixels * corners), carver.take<scalar_t>(pixels),
-                               carver.take<scalar_t>(rows * width), carver.take<scalar_t>(rows * width)});
+                               carver.take<scalar_t>(pixels * corners), carver.take<scalar_t>(pixels * corners),
+                               carver.take<scalar_t>(pixels), carver.take<scalar_t>(rows * width),
+                               carver.take<scalar_t>(rows * width)});
   }
   return scratch;
 }
@@ -385,7 +386,7 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& scores, c10::string_view s
       const KernelScratch<scalar_t>& buffers = scratch.kernels[k];
       const int corners = static_cast<int>(lattice.d() + 1);
       const int64_t vertices = lattice.vertices();
-      normalized_lists(lattice, buffers.splat_pixel, buffers.splat_weight, buffers.norm);
+      normalized_lists(lattice, buffers.splat_pixel, buffers.splat_weight, buffers.slice_weight, buffers.norm);
       std::fill_n(buffers.values + vertices * width, width, scalar_t(0));
       std::fill_n(buffers.spare + vertices * width, width, scalar_t(0));
       const scalar_t scale = static_cast<scalar_t>(permutohedral::lattice_scale(corners - 1));
@@ -396,8 +397,7 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& scores, c10::string_view s
         matrices.push_back(matrix);
       }
       args.kernels.push_back({corners, pixels, vertices, lattice.vertex_of.const_data_ptr<int32_t>(),
-                              lattice.barycentric.const_data_ptr<scalar_t>(), buffers.norm,
-                              lattice.neighbors.const_data_ptr<int32_t>(),
+                              buffers.slice_weight, lattice.neighbors.const_data_ptr<int32_t>(),
                               lattice.vertex_start.const_data_ptr<int32_t>(), buffers.splat_pixel,
                               buffers.splat_weight, buffers.values, buffers.spare,
                               compat[k].dim() == 0 ? -compat[k].item<scalar_t>() * scale : scalar_t(0),
