@@ -203,6 +203,16 @@ void for_vertices(const std::vector<KernelLattice<scalar_t>>& kernels, const Whi
   parallel_spans(spans, [&](const Span& span) { body(kernels[span.part], span.part, span.begin, span.end); });
 }
 
+// Blur pass j of a kernel for vertices [begin, end), from `in` to `out`; a
+// Potts weight is a factor on the last pass.
+template <typename scalar_t>
+void blur_direction(const KernelLattice<scalar_t>& kernel, int j, const scalar_t* in, int width, int64_t begin,
+                    int64_t end, scalar_t* out) {
+  const bool potts_now = j == kernel.corners - 1 && kernel.matrix == nullptr;
+  blur(in, kernel.neighbors + j * kernel.vertices * 2, kernel.vertices, width,
+       potts_now ? kernel.potts_factor : scalar_t(1), begin, end, out);
+}
+
 // Every kernel's messages, ready to slice: splat q, blur along every
 // direction, and fold in the compatibility (and the lattice's scale) on the
 // way out. The kernels go through each step together, one parallel region
@@ -224,17 +234,30 @@ std::vector<const scalar_t*> messages(const std::vector<KernelLattice<scalar_t>>
   for_vertices(kernels, every, splat_work, [&](const auto& kernel, int k, int64_t begin, int64_t end) {
     splat(kernel, q, width, begin, end, current[k]);
   });
-  for (int j = 0; j < directions; ++j) {
-    const auto has_direction = [&](size_t k) { return j < kernels[k].corners; };
-    const auto blur_work = [&](const auto&) { return 3 * width; };
-    for_vertices(kernels, has_direction, blur_work, [&](const auto& kernel, int k, int64_t begin, int64_t end) {
-      // A Potts weight is a factor on the last blur.
-      const bool potts_now = j == kernel.corners - 1 && kernel.matrix == nullptr;
-      blur(current[k], kernel.neighbors + j * kernel.vertices * 2, kernel.vertices, width,
-           potts_now ? kernel.potts_factor : scalar_t(1), begin, end, spare[k]);
+  if (at::get_num_threads() <= static_cast<int>(kernels.size())) {
+    // No more threads than kernels: each kernel's passes run on one thread
+    // from first to last, so its rows stay in one core's cache. Split among
+    // the threads, each pass's rows moved from core to core (the writes
+    // waited for lines the other core held), and two threads blurred a VOC
+    // photograph's lattices no faster than one.
+    at::parallel_for(0, static_cast<int64_t>(kernels.size()), 1, [&](int64_t first, int64_t last) {
+      for (int64_t k = first; k < last; ++k) {
+        for (int j = 0; j < kernels[k].corners; ++j) {
+          blur_direction(kernels[k], j, current[k], width, 0, kernels[k].vertices, spare[k]);
+          std::swap(current[k], spare[k]);
+        }
+      }
     });
-    for (size_t k = 0; k < kernels.size(); ++k) {
-      if (has_direction(k)) std::swap(current[k], spare[k]);
+  } else {
+    for (int j = 0; j < directions; ++j) {
+      const auto has_direction = [&](size_t k) { return j < kernels[k].corners; };
+      const auto blur_work = [&](const auto&) { return 3 * width; };
+      for_vertices(kernels, has_direction, blur_work, [&](const auto& kernel, int k, int64_t begin, int64_t end) {
+        blur_direction(kernel, j, current[k], width, begin, end, spare[k]);
+      });
+      for (size_t k = 0; k < kernels.size(); ++k) {
+        if (has_direction(k)) std::swap(current[k], spare[k]);
+      }
     }
   }
   const auto has_matrix = [&](size_t k) { return kernels[k].matrix != nullptr; };
