@@ -44,6 +44,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <numeric>
 #include <string_view>
 #include <type_traits>
 #include <utility>

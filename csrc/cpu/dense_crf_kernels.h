@@ -213,6 +213,33 @@ void blur_direction(const KernelLattice<scalar_t>& kernel, int j, const scalar_t
        potts_now ? kernel.potts_factor : scalar_t(1), begin, end, out);
 }
 
+// The kernels each thread blurs, every kernel whole on one thread (the
+// largest first, each to the thread with the least work so far), or nothing
+// where that would be uneven: more threads than kernels, or a thread with a
+// quarter more than an even share of the work (one lattice far larger than
+// the others, as a noise image's bilateral one is; then the passes are split
+// among the threads).
+template <typename scalar_t>
+std::vector<std::vector<int>> blur_owners(const std::vector<KernelLattice<scalar_t>>& kernels) {
+  const int threads = at::get_num_threads();
+  if (threads > static_cast<int>(kernels.size())) return {};
+  std::vector<int> largest_first(kernels.size());
+  std::iota(largest_first.begin(), largest_first.end(), 0);
+  const auto work = [&](int k) { return kernels[k].corners * kernels[k].vertices; };
+  std::stable_sort(largest_first.begin(), largest_first.end(), [&](int a, int b) { return work(a) > work(b); });
+  std::vector<std::vector<int>> owners(threads);
+  std::vector<int64_t> load(threads, 0);
+  int64_t total = 0;
+  for (const int k : largest_first) {
+    const int64_t t = std::min_element(load.begin(), load.end()) - load.begin();
+    owners[t].push_back(k);
+    load[t] += work(k);
+    total += work(k);
+  }
+  if (4 * threads * *std::max_element(load.begin(), load.end()) > 5 * total) return {};
+  return owners;
+}
+
 // Every kernel's messages, ready to slice: splat q, blur along every
 // direction, and fold in the compatibility (and the lattice's scale) on the
 // way out. The kernels go through each step together, one parallel region
@@ -234,17 +261,20 @@ std::vector<const scalar_t*> messages(const std::vector<KernelLattice<scalar_t>>
   for_vertices(kernels, every, splat_work, [&](const auto& kernel, int k, int64_t begin, int64_t end) {
     splat(kernel, q, width, begin, end, current[k]);
   });
-  if (at::get_num_threads() <= static_cast<int>(kernels.size())) {
-    // No more threads than kernels: each kernel's passes run on one thread
-    // from first to last, so its rows stay in one core's cache. Split among
-    // the threads, each pass's rows moved from core to core (the writes
-    // waited for lines the other core held), and two threads blurred a VOC
-    // photograph's lattices no faster than one.
-    at::parallel_for(0, static_cast<int64_t>(kernels.size()), 1, [&](int64_t first, int64_t last) {
-      for (int64_t k = first; k < last; ++k) {
-        for (int j = 0; j < kernels[k].corners; ++j) {
-          blur_direction(kernels[k], j, current[k], width, 0, kernels[k].vertices, spare[k]);
-          std::swap(current[k], spare[k]);
+  const std::vector<std::vector<int>> owners = blur_owners(kernels);
+  if (!owners.empty()) {
+    // Each kernel's passes run on one thread from first to last, so its
+    // rows stay in one core's cache. Split among the threads, each pass's
+    // rows moved from core to core (the writes waited for lines the other
+    // core held), and two threads blurred a VOC photograph's lattices no
+    // faster than one.
+    at::parallel_for(0, static_cast<int64_t>(owners.size()), 1, [&](int64_t first, int64_t last) {
+      for (int64_t t = first; t < last; ++t) {
+        for (const int k : owners[t]) {
+          for (int j = 0; j < kernels[k].corners; ++j) {
+            blur_direction(kernels[k], j, current[k], width, 0, kernels[k].vertices, spare[k]);
+            std::swap(current[k], spare[k]);
+          }
         }
       }
     });
