@@ -18,7 +18,8 @@
 // unary and takes the softmax, writing Q in place (after the last iteration
 // also label-major into the result, a tile of pixels at a time). Each step is
 // one parallel region for all kernels, its work handed out in blocks as
-// threads come free.
+// threads come free; the blur keeps each kernel on one thread instead where
+// that balances the threads (see blur_owners()).
 //
 // Deterministic whatever the thread count: every sum is a gather in a fixed
 // order. The results equal the unfused path's up to float rounding (the

@@ -243,7 +243,8 @@ std::vector<std::vector<int>> blur_owners(const std::vector<KernelLattice<scalar
 // Every kernel's messages, ready to slice: splat q, blur along every
 // direction, and fold in the compatibility (and the lattice's scale) on the
 // way out. The kernels go through each step together, one parallel region
-// per step. Returns the buffers that hold the messages.
+// per step (or, for the blur, one for all its passes: see blur_owners()).
+// Returns the buffers that hold the messages.
 template <typename scalar_t>
 std::vector<const scalar_t*> messages(const std::vector<KernelLattice<scalar_t>>& kernels, const scalar_t* q,
                                       int labels, int width) {
