@@ -61,16 +61,22 @@ def gen(request) -> torch.Generator:
 
 
 @pytest.fixture
-def single_thread():
+def thread_count():
+    """``torch.set_num_threads``, for the rest of the test: the thread count
+    the test began with is restored after it, whatever happens."""
+    threads = torch.get_num_threads()
+    try:
+        yield torch.set_num_threads
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def single_thread(thread_count):
     """PyTorch's CPU max_unpool2d is "last index wins" for duplicate indices
     only when one thread writes a plane (its channels_last kernel splits
     planes across threads)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    thread_count(1)
 
 
 @pytest.fixture

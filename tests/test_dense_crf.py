@@ -615,18 +615,14 @@ def test_fused_mean_field_matches_the_differentiable_path(labels, compat, dtype,
         torch.testing.assert_close(fused, differentiable.detach(), rtol=0, atol=OUTPUT_TOL[dtype])
 
 
-def test_fused_mean_field_is_deterministic(gen):
+def test_fused_mean_field_is_deterministic(gen, thread_count):
     """Bitwise the same on every run and for every thread count (an image
     large enough for the work to be split)."""
     logits, image, params = fused_case(gen, 5, "potts", torch.float32, shape=(64, 96))
     first = dense_crf(logits, image, 3, backend="cpp", **params)
-    threads = torch.get_num_threads()
-    try:
-        for count in (1, max(2, threads), 3):
-            torch.set_num_threads(count)
-            assert torch.equal(dense_crf(logits, image, 3, backend="cpp", **params), first)
-    finally:
-        torch.set_num_threads(threads)
+    for count in (1, max(2, torch.get_num_threads()), 3):
+        thread_count(count)
+        assert torch.equal(dense_crf(logits, image, 3, backend="cpp", **params), first)
 
 
 def mean_field_op_inputs(gen, labels=4, scores_are="logits"):

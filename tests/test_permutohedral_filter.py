@@ -348,20 +348,16 @@ def smooth_image_features(batch, height, width, gen):
     return features + 1e-4 * torch.randn(features.shape, generator=gen, dtype=torch.float64)
 
 
-def test_cpp_lattice_of_photographs(gen):
+def test_cpp_lattice_of_photographs(gen, thread_count):
     """Images large enough to be numbered in chunks (one per thread) whose
     pixels share simplices across rows, as a photograph's do: the lattice is
     the reference's up to the numbering, numbered in order of first
     appearance, and the same on one thread and on two."""
     features = smooth_image_features(2, 75, 130, gen)
-    before = torch.get_num_threads()
     lattices = []
-    try:
-        for threads in (max(2, before), 1):
-            torch.set_num_threads(threads)
-            lattices.append(permutohedral_lattice(features, backend="cpp"))
-    finally:
-        torch.set_num_threads(before)
+    for count in (max(2, torch.get_num_threads()), 1):
+        thread_count(count)
+        lattices.append(permutohedral_lattice(features, backend="cpp"))
     ours = lattices[0]
     check_lattice_structure(ours, 2, 75 * 130, 5)
     assert_same_lattice(ours, permutohedral_lattice(features, backend="reference"))
@@ -413,21 +409,17 @@ def test_lattice_filters_many_values(backend, gen):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_deterministic(backend, gen):
+def test_deterministic(backend, gen, thread_count):
     """Bitwise the same on every run and for every thread count."""
     values, features = random_case(3, 5, 5, (9, 11), gen, torch.float32)
     first = permutohedral_lattice(features, backend=backend)
     first_out = permutohedral_filter(values, features, backend=backend)
-    threads = torch.get_num_threads()
-    try:
-        for count in (1, max(2, threads)):
-            torch.set_num_threads(count)
-            again = permutohedral_lattice(features, backend=backend)
-            for a, b in zip(first.tensors, again.tensors, strict=True):
-                assert torch.equal(a, b)
-            assert torch.equal(permutohedral_filter(values, features, backend=backend), first_out)
-    finally:
-        torch.set_num_threads(threads)
+    for count in (1, max(2, torch.get_num_threads())):
+        thread_count(count)
+        again = permutohedral_lattice(features, backend=backend)
+        for a, b in zip(first.tensors, again.tensors, strict=True):
+            assert torch.equal(a, b)
+        assert torch.equal(permutohedral_filter(values, features, backend=backend), first_out)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

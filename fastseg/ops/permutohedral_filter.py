@@ -205,7 +205,7 @@ def check_lattice_range(flat: Tensor) -> None:
         return
     longest = float(flat.square().sum(-1).max().sqrt())
     if reach * longest > _MAX_LIFTED[flat.dtype]:
-        limit = _MAX_LIFTED[flat.dtype] / math.sqrt(2.0 / 3.0) / (d + 1)
+        limit = _MAX_LIFTED[flat.dtype] / reach
         raise ValueError(f"features reach {longest:.4g} standard deviations from 0, beyond the {limit:.4g} that the "
                          f"lattice resolves in {str(flat.dtype).removeprefix('torch.')} at d={d}; use larger "
                          "standard deviations, features closer to 0, or float64 features")
