@@ -51,7 +51,8 @@ def summary_lines(benchmarks) -> list[str]:
     width = max([48] + [len(g) for g in grouped])
     lines = [f"{'group':<{width}} {'variant':<32} {'median ms':>10}" + (f" {'TFLOP/s':>8}" if flops else "")
              + f" {'GB/s':>8} {'% copy':>7}" + (f" {'% roof':>7}" if flops else "") + f" {'vs torch':>9}"
-             + (f" {'vs best':>9}" if several else "") + (f" {'event ms':>10} {'% copy':>7}" if events else "") + (f" {'graph ms':>10}" if graphs else "")]
+             + (f" {'vs best':>9}" if several else "") + (f" {'event ms':>10} {'% copy':>7}" if events else "")
+             + (f" {'graph ms':>10}" if graphs else "")]
     nan = float("nan")
     for group, members in grouped.items():
         fastest = fastest_baseline(members)
