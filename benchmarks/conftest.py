@@ -41,6 +41,18 @@ CUDA graph replays, one graph per input set, for every contender alike:
 ``cuda_graph_error`` with the reason when a call was not or could not be
 captured; a failed capture never fails the benchmark.
 
+Paired rounds (``BenchEnv.time_pairs``, ``paired``): where a baseline is
+far slower than fastseg and both are timed on a shared VM (the dense CRF
+against pydensecrf, its batch-1 groups), a slow spell of the machine (about
+±30% for tens of seconds) can hit one contender's block of rounds and not
+the other's, and the ratio of the two medians swings from run to run.
+After fastseg's own timing, pairs of calls, one of each on the same input
+set, adjacent in time and so on the same machine, alternate which goes
+first (ABBA) and rotate through the sets; the median of the per-pair ratios
+is ``paired_speedup``, beside ``paired_rounds``, ``paired_baseline_median_s``
+and ``paired_median_s``. The pair count follows the budget (at least 5).
+Both records keep their own block's statistics as well.
+
 Modes of a layer (``BenchEnv.timed_mode``): the forward alone (inference),
 forward and backward, or the backward alone, its forward run between the
 rounds (pytest-benchmark's setup, outside the timing) and finished before
@@ -55,6 +67,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cuda_graphs
+import paired
 import pytest
 import roofline
 import skips
@@ -388,6 +401,37 @@ class BenchEnv:
                         graph["cuda_graph_median_s"], traffic, flops, copy, matmul, prefix="cuda_graph_"))
         self.results.append({"group": benchmark.group, "name": benchmark.name,
                              "stats": {"median": median}, "extra_info": dict(benchmark.extra_info)})
+
+    def time_pairs(self, benchmark, baseline: Callable, fn: Callable, baseline_sets: list, sets: list) -> None:
+        """After ``measure`` timed ``fn`` for ``benchmark``: time pairs of a
+        ``baseline`` call and an ``fn`` call next to each other on matching
+        sets (``paired.paired_times``: ABBA order, the sets rotating, the
+        cache flushed before and the device synchronized inside each timed
+        call), and add ``paired.paired_figures`` to the record and to the
+        terminal summary's copy of it. The count: as many pairs as fit the
+        budget at fastseg's median and one warm-up call of the baseline on
+        the first set (outside the pairs), at least 5, at most 200."""
+        device = self.device
+
+        def idle():
+            self.flush_cache()
+            roofline.synchronize(device)  # the timed call starts on an idle device
+
+        def finish():
+            roofline.synchronize(device)  # the host clock must see the kernels finish
+
+        idle()
+        start = time.perf_counter()
+        baseline(*baseline_sets[0])
+        finish()
+        baseline_s = time.perf_counter() - start
+        count = paired.pair_count(self.budget_s, baseline_s, benchmark.stats.stats.median)
+        figures = paired.paired_figures(paired.paired_times(baseline, fn, baseline_sets, sets, count,
+                                                            before=idle, after=finish))
+        benchmark.extra_info.update(figures)
+        for result in self.results:
+            if (result["group"], result["name"]) == (benchmark.group, benchmark.name):
+                result["extra_info"].update(figures)
 
     def peak_memory(self, fn, inputs, ready: Callable, info: dict) -> int | None:
         """``roofline.peak_memory_bytes`` of one call on the args ``ready``

@@ -21,6 +21,21 @@ noise image, where labels are decided by the smallest differences), or,
 without pydensecrf, its probabilities with the reference backend's.
 Nothing asserts on speed.
 
+Paired rounds (``BenchEnv.time_pairs``, ``paired``): pydensecrf takes
+about 320 ms a call on the CPU, fastseg's C++ backend about 70 ms on two
+threads, and each is timed in its own block of rounds. The project's CPU
+machines are shared VMs whose slow spells (about ±30% for tens of seconds)
+hit one block and not the other, so the ratio of the two records' medians
+of the same code swung between 3.4x and 4.5x from run to run. So each
+fastseg backend other than the reference (whose seconds-long calls would
+make the pairs cost more than the rest of the group) is also timed in
+pairs in the batch-1 groups: a pydensecrf call and a fastseg call on the
+same input set, adjacent in time and so on the same machine, alternating
+which goes first, the sets rotating; pydensecrf runs on the host copy of
+a set, fastseg on its device copy. ``paired_speedup``, the median of the
+per-pair ratios pydensecrf / fastseg, is recorded in fastseg's record
+beside the plain figures of both records, which stay as they are.
+
 Bytes per call (the roofline's memory side): per iteration the unary and Q
 read and Q written ([B, N, L] float32), and each kernel's lattice read by
 its splat and slice (an int32 vertex and a float32 weight per corner, N
@@ -148,10 +163,11 @@ def test_dense_crf(benchmark, bench_env, crf_case):
     # The baseline kept with the sets is per iteration count: part of the key.
     data = bench_env.inputs(("crf", scene, case.iterations, case.batch, count), make, count)
 
+    def pydensecrf_fn(probs, images):
+        return _pydensecrf_inference(probs[0], images[0], case.iterations, scene.params)
+
     if case.contender == "pydensecrf":
-        def fn(probs, images):
-            return _pydensecrf_inference(probs[0], images[0], case.iterations, scene.params)
-        sets = data.sets
+        fn, sets = pydensecrf_fn, data.sets
     else:
         def fn(probs, images):
             return fastseg.ops.dense_crf(probs, images, case.iterations, probabilities=True,
@@ -160,6 +176,21 @@ def test_dense_crf(benchmark, bench_env, crf_case):
         _check(case, data, fn(*sets[0]).cpu())
 
     bench_env.measure(benchmark, fn, sets, traffic, case.info(), images=case.batch)
+    if _paired(case, benchmark.disabled):
+        bench_env.time_pairs(benchmark, pydensecrf_fn, fn, data.sets, sets)
+
+
+def _paired(case: Case, disabled: bool) -> bool:
+    """Whether ``case`` is also timed in pairs with pydensecrf (module
+    docstring): a fastseg backend other than the reference, in a batch-1
+    group (which has pydensecrf), pydensecrf importable, timings recorded."""
+    if disabled or case.batch != 1 or case.contender in ("pydensecrf", "reference"):
+        return False
+    try:
+        importlib.import_module("pydensecrf.densecrf")
+    except ImportError:
+        return False
+    return True
 
 
 def _check(case: Case, data, got: torch.Tensor) -> None:
@@ -168,7 +199,7 @@ def _check(case: Case, data, got: torch.Tensor) -> None:
     probs, images = data.sets[0]
     where = f"{case.id}"
     try:
-        import pydensecrf.densecrf  # noqa: F401
+        importlib.import_module("pydensecrf.densecrf")
     except ImportError:
         if case.contender == "reference":
             return

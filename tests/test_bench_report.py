@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from fastseg.__main__ import main
-from fastseg._bench import readme, run
-from fastseg._bench.records import SKIPPED_KEY, load_run
+from fastseg._bench import readme, run, tables
+from fastseg._bench.records import SKIPPED_KEY, RunFileError, load_run
 
 pytest.importorskip("matplotlib", reason="the bench chart needs matplotlib (pip install matplotlib)")
 
@@ -57,6 +57,16 @@ def model(variant: str, median: float, **info) -> dict:
                   model="deeplabv3plus-mobilenet_v2", dtype="float32", layout="contiguous", shape=[1, 3, 256, 256],
                   batch=1, latency_p50_s=median, latency_p99_s=1.5 * median, images_per_s=round(1 / median, 3),
                   **info)
+
+
+def crf(variant: str, implementation: str, median: float, **info) -> dict:
+    """A dense-CRF record of the VOC photo at 5 iterations (CPU)."""
+    return record("dense_crf photo-375x500-L21 it5 b1", variant, implementation, median, op="dense_crf",
+                  backend=variant.removeprefix("fastseg-"), scene="photo", shape=[375, 500], labels=21, iterations=5,
+                  batch=1, dtype="float32", pct_of_copy_bandwidth=20.0, peak_memory_bytes=None, **info)
+
+
+PAIRED = {"paired_rounds": 5, "paired_baseline_median_s": 0.35, "paired_median_s": 0.1, "paired_speedup": 3.5}
 
 
 def document(records: list[dict], device: str = "NVIDIA H100 80GB HBM3", when: str = "2026-11-23T10:00:00+00:00",
@@ -136,6 +146,40 @@ def test_report_without_skip_list_or_baseline(tmp_path):
     text = (tmp_path / "run.md").read_text()
     assert "| not measured | 1.000 | not measured |" in table_row(text, "triton, flat")
     assert "does not list skipped cases" in text
+
+
+def test_crf_table_paired_speedup(tmp_path):
+    """pydensecrf 320 ms, fastseg's C++ 80 ms (4x from the two medians) with
+    paired rounds at 3.5x; the reference backend has none (not measured),
+    nor has any record of a run recorded before the pairs."""
+    cpu = "AMD EPYC (2 threads)"
+    path = write(tmp_path / "crf.json", document([crf("pydensecrf", "pydensecrf", 0.32),
+                                                  crf("fastseg-cpp", "fastseg", 0.08, **PAIRED),
+                                                  crf("fastseg-reference", "fastseg", 1.6)], device=cpu))
+    assert bench("--report", path) == 0
+    text = (tmp_path / "crf.md").read_text()
+    assert "| speed-up | paired speed-up | images/s |" in text
+    assert "| cpp | 320.0 | 80.0 | 4.00x | 3.50x | 12.5 | 20.0 | — |" in table_row(text, "| cpp |")
+    assert "| reference | 320.0 | 1600.0 | 0.20x | not measured | 0.6 |" in table_row(text, "| reference |")
+    assert "Paired speed-up (dense CRF)" in text
+
+    old = write(tmp_path / "old.json", document([crf("pydensecrf", "pydensecrf", 0.32),
+                                                 crf("fastseg-cpp", "fastseg", 0.08)], device=cpu))
+    assert bench("--report", old) == 0
+    assert "| 4.00x | not measured | 12.5 |" in table_row((tmp_path / "old.md").read_text(), "| cpp |")
+
+
+def test_summary_lines_show_paired_speedup_where_recorded():
+    lines = tables.summary_lines([crf("pydensecrf", "pydensecrf", 0.32), crf("fastseg-cpp", "fastseg", 0.08, **PAIRED)])
+    assert lines[0].split()[-1] == "paired"
+    assert lines[1].split()[-2:] == ["1.00x", "-"] and lines[2].split()[-2:] == ["4.00x", "3.50x"]
+    assert "paired" not in tables.summary_lines([crf("fastseg-cpp", "fastseg", 0.08)])[0]
+
+
+def test_a_malformed_paired_speedup_is_rejected(tmp_path):
+    path = write(tmp_path / "bad.json", document([crf("fastseg-cpp", "fastseg", 0.08, paired_speedup="fast")]))
+    with pytest.raises(RunFileError, match="paired_speedup 'fast' is not a positive number"):
+        load_run(path)
 
 
 def test_chart_is_a_png(tmp_path):
@@ -308,6 +352,27 @@ def test_readme_table(tmp_path):
     page.write_text("no markers\n")
     with pytest.raises(readme.ReadmeError, match="bench-results:start"):
         readme.update_readme(page, results)
+
+
+def test_readme_table_prefers_the_paired_speedup(tmp_path):
+    """A CRF run with paired rounds: the group's speed-up is the paired one
+    (3.5x, not the medians' 4x) and the legend says so; without pairs the
+    medians' ratio and the legend of before."""
+    cpu = "AMD EPYC (2 threads)"
+    results = tmp_path / "results"
+    results.mkdir()
+    write(results / "cpu-crf.json", document([crf("pydensecrf", "pydensecrf", 0.32),
+                                              crf("fastseg-cpp", "fastseg", 0.08, **PAIRED)], device=cpu))
+    text = readme.results_table(results)
+    assert "| AMD EPYC (2 threads) (cpu) | dense_crf | 1 | 3.50x (3.50–3.50x) | 20.0% | [cpu-crf.json]" in text
+    assert ("same run or, for dense_crf in runs that timed paired rounds, the median over those rounds of a "
+            "baseline call's time over that of the fastseg call next to it on the same inputs") in text
+
+    write(results / "cpu-crf.json", document([crf("pydensecrf", "pydensecrf", 0.32),
+                                              crf("fastseg-cpp", "fastseg", 0.08)], device=cpu))
+    text = readme.results_table(results)
+    assert "| dense_crf | 1 | 4.00x (4.00–4.00x) |" in text
+    assert "paired" not in text and "in the same run, for the fastest fastseg variant" in text
 
 
 def test_repository_readme_is_generated():

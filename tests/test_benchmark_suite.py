@@ -1,7 +1,8 @@
 """The benchmark suite's own logic (``benchmarks/``): which calls are timed
 as CUDA graph replays and the fallback when capture fails, peak memory,
-skip reasons, the baselines every suite compares against, and the fields a
-timed CPU run records. What needs a GPU carries the ``cuda`` mark."""
+skip reasons, the baselines every suite compares against, the paired
+rounds of the dense CRF against pydensecrf, and the fields a timed CPU run
+records. What needs a GPU carries the ``cuda`` mark."""
 
 import importlib
 import json
@@ -16,8 +17,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # the suite's modules import each other by name, as pytest's rootdir does
 
 import cuda_graphs  # noqa: E402
+import paired  # noqa: E402
 import roofline  # noqa: E402
 import skips  # noqa: E402
+import test_dense_crf_perf  # noqa: E402
 import test_models_perf  # noqa: E402
 
 import fastseg.models  # noqa: E402
@@ -185,6 +188,94 @@ def test_conv_suites_compare_against_the_issue_s_baselines_on_cuda():
         assert compiled == [(torch.bfloat16, "nhwc")], op
 
 
+# --- paired rounds: a baseline call and a fastseg call next to each other ------------
+
+class FakeClock:
+    """A clock that moves only when told: each fake call advances it by its cost."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def recording(log: list, side: str, clock: FakeClock, cost):
+    """A fake contender: logs (side, its argument) and takes ``cost(argument)`` seconds."""
+    def call(tag):
+        log.append((side, tag))
+        clock.now += cost(tag)
+    return call
+
+
+def test_pairs_alternate_abba_on_one_rotating_set():
+    log, clock = [], FakeClock()
+    baseline = recording(log, "baseline", clock, lambda tag: 1.0)
+    fastseg = recording(log, "fastseg", clock, lambda tag: 1.0)
+    host, device = [("host 0",), ("host 1",)], [("device 0",), ("device 1",)]
+    times = paired.paired_times(baseline, fastseg, host, device, 5, clock=clock)
+    assert log == [("baseline", "host 0"), ("fastseg", "device 0"),   # A B
+                   ("fastseg", "device 1"), ("baseline", "host 1"),   # B A
+                   ("baseline", "host 0"), ("fastseg", "device 0"),
+                   ("fastseg", "device 1"), ("baseline", "host 1"),
+                   ("baseline", "host 0"), ("fastseg", "device 0")]
+    assert len(times) == 5
+
+
+def test_pair_times_count_the_call_and_after_not_before():
+    """``before`` (the cache flush) is outside each timed call, ``after``
+    (the synchronization) inside it; each pair's times are (baseline, fastseg)
+    whichever went first."""
+    log, clock = [], FakeClock()
+    baseline = recording(log, "baseline", clock, lambda tag: 4.0 * tag)
+    fastseg = recording(log, "fastseg", clock, lambda tag: 1.0 * tag)
+
+    def before():
+        log.append("before")
+        clock.now += 100.0
+
+    def after():
+        log.append("after")
+        clock.now += 0.5
+
+    sets = [(1,), (2,), (3,)]
+    times = paired.paired_times(baseline, fastseg, sets, sets, 4, before=before, after=after, clock=clock)
+    assert times == [(4.5, 1.5), (8.5, 2.5), (12.5, 3.5), (4.5, 1.5)]
+    assert log[:6] == ["before", ("baseline", 1), "after", "before", ("fastseg", 1), "after"]
+
+
+def test_paired_figures_take_the_median_of_the_ratios():
+    # ratios 4, 6, 3, 1, 15: median 4, not the ratio of the medians (6 / 2 = 3)
+    times = [(4.0, 1.0), (6.0, 1.0), (9.0, 3.0), (2.0, 2.0), (30.0, 2.0)]
+    assert paired.paired_figures(times) == {"paired_rounds": 5, "paired_baseline_median_s": 6.0,
+                                            "paired_median_s": 2.0, "paired_speedup": 4.0}
+
+
+def test_pair_count_follows_the_budget_within_bounds():
+    assert paired.pair_count(0.3, 0.32, 0.07) == 5  # the CPU default budget: the floor
+    assert paired.pair_count(30.0, 0.32, 0.07) == 77
+    assert paired.pair_count(1000.0, 0.32, 0.07) == 200
+    with pytest.raises(ValueError, match="positive"):
+        paired.pair_count(0.3, 0.0, 0.07)
+
+
+def test_paired_times_reject_no_pairs_and_unmatched_sets():
+    with pytest.raises(ValueError, match="pairs"):
+        paired.paired_times(print, print, [()], [()], 0)
+    with pytest.raises(ValueError, match="one set per side"):
+        paired.paired_times(print, print, [(), ()], [()], 3)
+
+
+def test_which_crf_cases_are_paired():
+    """Every fastseg backend but the reference in a batch-1 group (the groups
+    with pydensecrf), never in a run with timings disabled."""
+    pytest.importorskip("pydensecrf.densecrf", reason="pip install pydensecrf2")
+    cases = test_dense_crf_perf._cases(torch.device("cuda"), full=True)
+    chosen = {(c.contender, c.batch) for c in cases if test_dense_crf_perf._paired(c, disabled=False)}
+    assert chosen == {(b, 1) for b in test_dense_crf_perf.BACKENDS if b != "reference"}
+    assert not any(test_dense_crf_perf._paired(c, disabled=True) for c in cases)
+
+
 # --- a timed CPU run, end to end ------------------------------------------------------
 
 def test_a_timed_cpu_run_records_the_fields(tmp_path):
@@ -206,3 +297,25 @@ def test_a_timed_cpu_run_records_the_fields(tmp_path):
         assert info["index_bytes"] > 0 and info["latency_p50_s"] <= info["latency_p99_s"], record["name"]
         assert info["peak_memory_bytes"] is None, record["name"]
         assert not {"cuda_graph_median_s", "cuda_graph_error"} & set(info), record["name"]
+
+
+def test_a_timed_cpu_crf_run_records_paired_rounds(tmp_path):
+    """fastseg's C++ CRF on the VOC photo at 5 iterations, timed briefly: its
+    record also holds the paired rounds against pydensecrf (5 at the
+    smallest budget), beside its own statistics."""
+    pytest.importorskip("pydensecrf.densecrf", reason="pip install pydensecrf2")
+    pytest.importorskip("skimage.data", reason="pip install scikit-image")
+    if not fastseg.backends()["backends"]["cpp"]["cpu"]["available"]:
+        pytest.skip("fastseg's C++ extension is not built")
+    out = tmp_path / "run.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", str(BENCHMARKS / "test_dense_crf_perf.py"), "-q", "-p", "no:cacheprovider",
+         "--benchmark-only", "--fastseg-device=cpu", "--fastseg-budget=0.005", "-k", "fastseg-cpp-photo and it5",
+         f"--benchmark-json={out}"],
+        cwd=BENCHMARKS.parent, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [record] = json.loads(out.read_text())["benchmarks"]
+    info = record["extra_info"]
+    assert info["paired_rounds"] == 5 and record["stats"]["rounds"] == 5
+    assert info["paired_speedup"] > 0 and info["paired_median_s"] > 0 and info["paired_baseline_median_s"] > 0
+    assert "paired" in done.stdout  # the terminal summary's column

@@ -3,7 +3,10 @@ fastseg record paired with the baseline it is measured against.
 
 A record is one entry of the JSON's ``benchmarks`` list: ``group``,
 ``name``, ``stats`` (seconds: median, iqr, ...) and the ``extra_info`` the
-suite writes (``implementation``, ``op``, the roofline figures).
+suite writes (``implementation``, ``op``, the roofline figures). A fastseg
+record of the dense CRF may also hold ``paired_speedup``, the median over
+pairs of adjacent calls of pydensecrf's time over fastseg's
+(benchmarks/paired.py); runs recorded before the suite timed pairs have none.
 """
 
 import json
@@ -58,6 +61,10 @@ def _record(path: Path, index: int, raw) -> dict:
     info = raw.get("extra_info") or {}
     if not isinstance(info, dict):
         raise RunFileError(f"{where} ({raw['name']}): extra_info is not an object")
+    paired = info.get("paired_speedup")
+    if paired is not None and (isinstance(paired, bool) or not isinstance(paired, (int, float))
+                               or not math.isfinite(paired) or paired <= 0):
+        raise RunFileError(f"{where} ({raw['name']}): extra_info.paired_speedup {paired!r} is not a positive number")
     # an ungrouped record is a group of its own
     return {**raw, "group": raw.get("group") or raw["name"], "extra_info": info}
 
@@ -139,7 +146,8 @@ def speedup_text(baseline, seconds: float) -> str:
 class Pairing:
     """A fastseg record and the baseline of its group it is compared with
     (None where the run has none); ``speedup`` is baseline median over
-    fastseg median, both from the same run."""
+    fastseg median, both from the same run; ``paired_speedup`` the
+    record's paired figure, where it has one."""
 
     record: dict
     baseline: dict | None
@@ -147,6 +155,19 @@ class Pairing:
     @property
     def speedup(self) -> float | None:
         return median(self.baseline) / median(self.record) if self.baseline else None
+
+    @property
+    def paired_speedup(self) -> float | None:
+        """The median over paired rounds of the baseline's call time over
+        the fastseg call's next to it, where the suite timed pairs (the
+        dense CRF against pydensecrf), else None."""
+        return self.record["extra_info"].get("paired_speedup")
+
+    @property
+    def reported_speedup(self) -> float | None:
+        """The paired speed-up where there is one (a slow spell of the
+        machine hits both calls of a pair alike), else ``speedup``."""
+        return self.speedup if self.paired_speedup is None else self.paired_speedup
 
     @property
     def label(self) -> str:

@@ -34,6 +34,12 @@ def _graphs(baseline, record) -> str:
     return f"{_graph_ms(baseline)} / {_graph_ms(record)}"
 
 
+def _paired(info: dict) -> str:
+    """The paired speed-up (the median over paired rounds of a baseline
+    call's time over the fastseg call's next to it), where the record has one."""
+    return f"{info['paired_speedup']:.2f}x" if "paired_speedup" in info else NOT_MEASURED
+
+
 def _shape(info: dict) -> str:
     return "x".join(str(s) for s in info["shape"])
 
@@ -41,17 +47,21 @@ def _shape(info: dict) -> str:
 def summary_lines(benchmarks) -> list[str]:
     """The terminal summary: every record beside its group's PyTorch
     baseline in the same dtype and layout (``vs torch``) and, where a group
-    has several baselines, the fastest of them (``vs best``)."""
+    has several baselines, the fastest of them (``vs best``); where a record
+    was also timed in pairs with its baseline (the dense CRF), the paired
+    speed-up (``paired``)."""
     grouped = groups(benchmarks)
     events = any("cuda_event_median_s" in b["extra_info"] for b in benchmarks)
     graphs = any("cuda_graph_median_s" in b["extra_info"] for b in benchmarks)
     flops = any("flops" in b["extra_info"] for b in benchmarks)
+    paired = any("paired_speedup" in b["extra_info"] for b in benchmarks)
     several = any(sum(b["extra_info"].get("implementation") in BASELINE_IMPLEMENTATIONS for b in members) > 1
                   for members in grouped.values())
     width = max([48] + [len(g) for g in grouped])
     lines = [f"{'group':<{width}} {'variant':<32} {'median ms':>10}" + (f" {'TFLOP/s':>8}" if flops else "")
              + f" {'GB/s':>8} {'% copy':>7}" + (f" {'% roof':>7}" if flops else "") + f" {'vs torch':>9}"
-             + (f" {'vs best':>9}" if several else "") + (f" {'event ms':>10} {'% copy':>7}" if events else "")
+             + (f" {'vs best':>9}" if several else "") + (f" {'paired':>9}" if paired else "")
+             + (f" {'event ms':>10} {'% copy':>7}" if events else "")
              + (f" {'graph ms':>10}" if graphs else "")]
     nan = float("nan")
     for group, members in grouped.items():
@@ -66,6 +76,7 @@ def summary_lines(benchmarks) -> list[str]:
                 + (f" {info.get('pct_of_roofline', nan):>6.1f}%" if flops else "")
                 + f" {speedup_text(baseline, seconds) if baseline else 'no baseline':>9}"
                 + (f" {speedup_text(fastest, seconds) if fastest else 'no baseline':>9}" if several else "")
+                + (f" {_paired(info) if 'paired_speedup' in info else '-':>9}" if paired else "")
                 + (f" {info.get('cuda_event_median_s', nan) * 1e3:>10.3f} "
                    f"{info.get('cuda_event_pct_of_copy_bandwidth', nan):>6.1f}%" if events else "")
                 + (f" {_graph_ms(b):>10}" if graphs else ""))
@@ -116,16 +127,19 @@ def conv_table(benchmarks) -> str:
 
 def crf_table(benchmarks) -> str:
     """The dense-CRF suite: one row per fastseg record beside pydensecrf in
-    the same group."""
+    the same group; the speed-up of the two records' medians and, where the
+    record has one, the paired speed-up (the median over pairs of adjacent
+    calls on the same inputs of pydensecrf's time over fastseg's)."""
     rows = ["| scene | shape | labels | iterations | batch | fastseg | pydensecrf ms | fastseg ms | speed-up "
-            "| images/s | % of copy bandwidth | peak MiB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| paired speed-up | images/s | % of copy bandwidth | peak MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for pair in pairings(benchmarks):
         b, base = pair.record, pair.baseline
         info, seconds = b["extra_info"], median(b)
         rows.append(f"| {info['scene']} | {_shape(info)} | {info['labels']} | {info['iterations']} | {info['batch']} "
                     f"| {info['backend']} | {_ms(base, 1)} | {seconds * 1e3:.1f} | {speedup_text(base, seconds)} "
-                    f"| {info['batch'] / seconds:.1f} | {info['pct_of_copy_bandwidth']:.1f} | {_peak_memory(info)} |")
+                    f"| {_paired(info)} | {info['batch'] / seconds:.1f} | {info['pct_of_copy_bandwidth']:.1f} "
+                    f"| {_peak_memory(info)} |")
     return "\n".join(rows) + "\n"
 
 
