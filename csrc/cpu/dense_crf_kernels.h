@@ -331,6 +331,33 @@ inline void softmax_negative(typename Simd<scalar_t>::vec* e, Count count, const
   for (int i = 0; i < count; ++i) e[i] *= inverse;
 }
 
+// A square of Simd::lanes vectors transposed in registers: lane j of vector
+// i goes to lane i of vector j. Round h swaps the upper-right and lower-left
+// h x h blocks of every 2h x 2h block on the diagonal, for h = lanes/2 down
+// to 1, two shuffles per pair of vectors. Moving a square between rows and
+// label planes this way takes 2 lanes vector loads and stores where a
+// scalar at a time took lanes^2 of each, and was two thirds of the first
+// pass (in-process A/B, VOC photo, one thread: 25.1 -> 21.0 ms for the
+// unary, Q_0 and the lists).
+template <typename vec, int h, size_t... lane>
+__attribute__((always_inline)) inline void swap_blocks(vec& a, vec& b, std::index_sequence<lane...>) {
+  constexpr size_t n = sizeof...(lane);
+  const vec upper = __builtin_shufflevector(a, b, ((lane & h) ? n + lane - h : lane)...);
+  b = __builtin_shufflevector(a, b, ((lane & h) ? n + lane : lane + h)...);
+  a = upper;
+}
+
+template <typename scalar_t, int h = Simd<scalar_t>::lanes / 2>
+__attribute__((always_inline)) inline void transpose_square(typename Simd<scalar_t>::vec* square) {
+  constexpr int lanes = Simd<scalar_t>::lanes;
+  for (int i = 0; i < lanes; ++i) {
+    if ((i & h) == 0) {
+      swap_blocks<typename Simd<scalar_t>::vec, h>(square[i], square[i + h], std::make_index_sequence<lanes>{});
+    }
+  }
+  if constexpr (h > 1) transpose_square<scalar_t, h / 2>(square);
+}
+
 // Pixels [begin, end) in tiles of at most kTilePixels that do not cross an
 // image: body(first, last) per tile. A tile's rows fit in the L1 cache, so
 // the transposition between rows [pixel, label] and planes [label, pixel]
@@ -358,8 +385,23 @@ void unary_rows(const MeanFieldArgs<scalar_t>& args, int64_t first, int64_t last
   const scalar_t* in = scores.data + image * scores.image_stride + (first - image * args.image_pixels) * scores.pixel_stride;
   scalar_t* rows = args.unary + first * width;
   const int64_t count = last - first;
+  int64_t squared = 0;  // pixels moved a square at a time
+  if (scores.pixel_stride == 1) {  // label planes (the logits' own layout)
+    for (; squared + S::lanes <= count; squared += S::lanes) {
+      for (int l = 0; l < width; l += S::lanes) {
+        vec square[S::lanes];
+        for (int i = 0; i < S::lanes; ++i) {
+          square[i] = l + i < labels ? S::load(in + (l + i) * scores.label_stride + squared) : vec{};
+        }
+        transpose_square<scalar_t>(square);
+        for (int i = 0; i < S::lanes; ++i) S::store(rows + (squared + i) * width + l, square[i]);
+      }
+    }
+  }
   for (int l = 0; l < labels; ++l) {
-    for (int64_t p = 0; p < count; ++p) rows[p * width + l] = in[p * scores.pixel_stride + l * scores.label_stride];
+    for (int64_t p = squared; p < count; ++p) {
+      rows[p * width + l] = in[p * scores.pixel_stride + l * scores.label_stride];
+    }
   }
   constexpr scalar_t infinity = std::numeric_limits<scalar_t>::infinity();
   for (int64_t p = 0; p < count; ++p) {
@@ -393,8 +435,20 @@ template <typename scalar_t>
 void write_planes(const MeanFieldArgs<scalar_t>& args, const scalar_t* q, int64_t first, int64_t last) {
   const int64_t image = first / args.image_pixels;
   scalar_t* out = args.result + image * args.labels * args.image_pixels + (first - image * args.image_pixels);
+  using S = Simd<scalar_t>;
+  int64_t p = first;
+  for (; p + S::lanes <= last; p += S::lanes) {
+    for (int l = 0; l < args.labels; l += S::lanes) {
+      typename S::vec square[S::lanes];
+      for (int i = 0; i < S::lanes; ++i) square[i] = S::load(q + (p + i) * args.width + l);
+      transpose_square<scalar_t>(square);
+      for (int i = 0; i < S::lanes && l + i < args.labels; ++i) {
+        S::store(out + (l + i) * args.image_pixels + (p - first), square[i]);
+      }
+    }
+  }
   for (int l = 0; l < args.labels; ++l) {
-    for (int64_t p = first; p < last; ++p) out[l * args.image_pixels + (p - first)] = q[p * args.width + l];
+    for (int64_t rest = p; rest < last; ++rest) out[l * args.image_pixels + (rest - first)] = q[rest * args.width + l];
   }
 }
 
