@@ -43,7 +43,7 @@ captured; a failed capture never fails the benchmark.
 
 Paired rounds (``BenchEnv.time_pairs``, ``paired``): where a baseline is
 far slower than fastseg and both are timed on a shared VM (the dense CRF
-against pydensecrf, its batch-1 groups), a slow spell of the machine (about
+against pydensecrf, its batch-1 groups in a CPU run), a slow spell of the machine (about
 ±30% for tens of seconds) can hit one contender's block of rounds and not
 the other's, and the ratio of the two medians swings from run to run.
 After fastseg's own timing, pairs of calls, one of each on the same input

@@ -26,15 +26,17 @@ about 320 ms a call on the CPU, fastseg's C++ backend about 70 ms on two
 threads, and each is timed in its own block of rounds. The project's CPU
 machines are shared VMs whose slow spells (about ±30% for tens of seconds)
 hit one block and not the other, so the ratio of the two records' medians
-of the same code swung between 3.4x and 4.5x from run to run. So each
-fastseg backend other than the reference (whose seconds-long calls would
-make the pairs cost more than the rest of the group) is also timed in
-pairs in the batch-1 groups: a pydensecrf call and a fastseg call on the
-same input set, adjacent in time and so on the same machine, alternating
-which goes first, the sets rotating; pydensecrf runs on the host copy of
-a set, fastseg on its device copy. ``paired_speedup``, the median of the
-per-pair ratios pydensecrf / fastseg, is recorded in fastseg's record
-beside the plain figures of both records, which stay as they are.
+of the same code swung between 3.4x and 4.5x from run to run. So in a CPU
+run each fastseg backend other than the reference (whose seconds-long
+calls would make the pairs cost more than the rest of the group) is also
+timed in pairs in the batch-1 groups: a pydensecrf call and a fastseg call
+on the same input set, adjacent in time and so on the same machine,
+alternating which goes first, the sets rotating. ``paired_speedup``, the
+median of the per-pair ratios pydensecrf / fastseg, is recorded in
+fastseg's record beside the plain figures of both records, which stay as
+they are. Not on a GPU: its timings do not wander so, and the pairs of its
+Cityscapes and volume groups would add minutes of pydensecrf calls to a
+command that may run ten.
 
 Bytes per call (the roofline's memory side): per iteration the unary and Q
 read and Q written ([B, N, L] float32), and each kernel's lattice read by
@@ -176,15 +178,16 @@ def test_dense_crf(benchmark, bench_env, crf_case):
         _check(case, data, fn(*sets[0]).cpu())
 
     bench_env.measure(benchmark, fn, sets, traffic, case.info(), images=case.batch)
-    if _paired(case, benchmark.disabled):
+    if _paired(case, device, benchmark.disabled):
         bench_env.time_pairs(benchmark, pydensecrf_fn, fn, data.sets, sets)
 
 
-def _paired(case: Case, disabled: bool) -> bool:
+def _paired(case: Case, device: torch.device, disabled: bool) -> bool:
     """Whether ``case`` is also timed in pairs with pydensecrf (module
-    docstring): a fastseg backend other than the reference, in a batch-1
-    group (which has pydensecrf), pydensecrf importable, timings recorded."""
-    if disabled or case.batch != 1 or case.contender in ("pydensecrf", "reference"):
+    docstring): on the CPU, a fastseg backend other than the reference, in
+    a batch-1 group (which has pydensecrf), pydensecrf importable, timings
+    recorded."""
+    if disabled or device.type != "cpu" or case.batch != 1 or case.contender in ("pydensecrf", "reference"):
         return False
     try:
         importlib.import_module("pydensecrf.densecrf")

@@ -267,13 +267,17 @@ def test_paired_times_reject_no_pairs_and_unmatched_sets():
 
 
 def test_which_crf_cases_are_paired():
-    """Every fastseg backend but the reference in a batch-1 group (the groups
-    with pydensecrf), never in a run with timings disabled."""
+    """On the CPU, every fastseg backend but the reference in a batch-1 group
+    (the groups with pydensecrf); never in a run with timings disabled, nor
+    on a GPU."""
     pytest.importorskip("pydensecrf.densecrf", reason="pip install pydensecrf2")
-    cases = test_dense_crf_perf._cases(torch.device("cuda"), full=True)
-    chosen = {(c.contender, c.batch) for c in cases if test_dense_crf_perf._paired(c, disabled=False)}
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cases = test_dense_crf_perf._cases(cpu, full=True)
+    chosen = {(c.contender, c.batch) for c in cases if test_dense_crf_perf._paired(c, cpu, disabled=False)}
     assert chosen == {(b, 1) for b in test_dense_crf_perf.BACKENDS if b != "reference"}
-    assert not any(test_dense_crf_perf._paired(c, disabled=True) for c in cases)
+    assert not any(test_dense_crf_perf._paired(c, cpu, disabled=True) for c in cases)
+    gpu_cases = test_dense_crf_perf._cases(cuda, full=True)
+    assert not any(test_dense_crf_perf._paired(c, cuda, disabled=False) for c in gpu_cases)
 
 
 # --- a timed CPU run, end to end ------------------------------------------------------

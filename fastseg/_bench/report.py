@@ -36,8 +36,8 @@ def _header(run: Run) -> list[str]:
                       "fastseg call next to each other on the same inputs, alternating which goes first; the median "
                       "over the pairs of pydensecrf's time over fastseg's. A slow spell of a shared machine can hit "
                       "one contender's block of rounds and not the other's, but it hits both calls of a pair alike. "
-                      "Not measured for the reference backend, in groups without pydensecrf (batch 32), nor in "
-                      "runs recorded before the suite timed pairs."]
+                      "Not measured for the reference backend, in groups without pydensecrf (batch 32), in GPU "
+                      "runs, nor in runs recorded before the suite timed pairs."]
     if machine.get("device_type") == "cpu":
         lines += ["", "A CPU run is for development: absolute times wander with whatever else runs; "
                       "only the ratios against the baseline of the same run mean anything."]
