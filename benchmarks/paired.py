@@ -19,7 +19,8 @@ tensors, and the second would otherwise find them in the cache the first
 left them in); ``after`` runs inside it, before the clock is read (the
 suite synchronizes the device there, so that the clock sees the kernels
 finish). ``paired_figures``: each pair's ratio baseline time / fastseg
-time, their median (``paired_speedup``) and each side's median over the pairs.
+time, their median (``paired_speedup``) and quartiles, and each side's
+median over the pairs.
 """
 
 import math
@@ -74,10 +75,16 @@ def paired_times(baseline: Callable, fastseg: Callable, baseline_sets: Sequence,
 
 def paired_figures(times: Sequence[tuple[float, float]]) -> dict:
     """What a fastseg record keeps of its pairs: their count, each side's
-    median time and the median of the per-pair ratios baseline / fastseg."""
+    median time, the median of the per-pair ratios baseline / fastseg and
+    their quartiles (how far one pair's ratio strays from the median: what
+    says whether a floor is met with room to spare)."""
+    ratios = [b / f for b, f in times]
+    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
     return {
         "paired_rounds": len(times),
         "paired_baseline_median_s": statistics.median(b for b, _ in times),
         "paired_median_s": statistics.median(f for _, f in times),
-        "paired_speedup": statistics.median(b / f for b, f in times),
+        "paired_speedup": statistics.median(ratios),
+        "paired_speedup_p25": low,
+        "paired_speedup_p75": high,
     }

@@ -66,7 +66,8 @@ def crf(variant: str, implementation: str, median: float, **info) -> dict:
                   batch=1, dtype="float32", pct_of_copy_bandwidth=20.0, peak_memory_bytes=None, **info)
 
 
-PAIRED = {"paired_rounds": 5, "paired_baseline_median_s": 0.35, "paired_median_s": 0.1, "paired_speedup": 3.5}
+PAIRED = {"paired_rounds": 5, "paired_baseline_median_s": 0.35, "paired_median_s": 0.1, "paired_speedup": 3.5,
+          "paired_speedup_p25": 3.25, "paired_speedup_p75": 3.75}
 
 
 def document(records: list[dict], device: str = "NVIDIA H100 80GB HBM3", when: str = "2026-11-23T10:00:00+00:00",
@@ -159,7 +160,7 @@ def test_crf_table_paired_speedup(tmp_path):
     assert bench("--report", path) == 0
     text = (tmp_path / "crf.md").read_text()
     assert "| speed-up | paired speed-up | images/s |" in text
-    assert "| cpp | 320.0 | 80.0 | 4.00x | 3.50x | 12.5 | 20.0 | — |" in table_row(text, "| cpp |")
+    assert "| cpp | 320.0 | 80.0 | 4.00x | 3.50x (3.25–3.75x) | 12.5 | 20.0 | — |" in table_row(text, "| cpp |")
     assert "| reference | 320.0 | 1600.0 | 0.20x | not measured | 0.6 |" in table_row(text, "| reference |")
     assert "Paired speed-up (dense CRF)" in text
 
@@ -176,9 +177,11 @@ def test_summary_lines_show_paired_speedup_where_recorded():
     assert "paired" not in tables.summary_lines([crf("fastseg-cpp", "fastseg", 0.08)])[0]
 
 
-def test_a_malformed_paired_speedup_is_rejected(tmp_path):
-    path = write(tmp_path / "bad.json", document([crf("fastseg-cpp", "fastseg", 0.08, paired_speedup="fast")]))
-    with pytest.raises(RunFileError, match="paired_speedup 'fast' is not a positive number"):
+@pytest.mark.parametrize("key, value", [("paired_speedup", "fast"), ("paired_speedup_p25", -1.0),
+                                        ("paired_speedup_p75", float("nan"))])
+def test_a_malformed_paired_speedup_is_rejected(tmp_path, key, value):
+    path = write(tmp_path / "bad.json", document([crf("fastseg-cpp", "fastseg", 0.08, **{**PAIRED, key: value})]))
+    with pytest.raises(RunFileError, match=f"{key} {value!r} is not a positive number"):
         load_run(path)
 
 

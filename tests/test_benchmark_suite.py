@@ -248,7 +248,10 @@ def test_paired_figures_take_the_median_of_the_ratios():
     # ratios 4, 6, 3, 1, 15: median 4, not the ratio of the medians (6 / 2 = 3)
     times = [(4.0, 1.0), (6.0, 1.0), (9.0, 3.0), (2.0, 2.0), (30.0, 2.0)]
     assert paired.paired_figures(times) == {"paired_rounds": 5, "paired_baseline_median_s": 6.0,
-                                            "paired_median_s": 2.0, "paired_speedup": 4.0}
+                                            "paired_median_s": 2.0, "paired_speedup": 4.0,
+                                            "paired_speedup_p25": 3.0, "paired_speedup_p75": 6.0}
+    one = paired.paired_figures([(3.0, 1.0)])  # one pair: its ratio is every quartile
+    assert (one["paired_speedup_p25"], one["paired_speedup"], one["paired_speedup_p75"]) == (3.0, 3.0, 3.0)
 
 
 def test_pair_count_follows_the_budget_within_bounds():

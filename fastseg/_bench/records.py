@@ -5,8 +5,9 @@ A record is one entry of the JSON's ``benchmarks`` list: ``group``,
 ``name``, ``stats`` (seconds: median, iqr, ...) and the ``extra_info`` the
 suite writes (``implementation``, ``op``, the roofline figures). A fastseg
 record of the dense CRF may also hold ``paired_speedup``, the median over
-pairs of adjacent calls of pydensecrf's time over fastseg's
-(benchmarks/paired.py); runs recorded before the suite timed pairs have none.
+pairs of adjacent calls of pydensecrf's time over fastseg's, and its
+quartiles (benchmarks/paired.py); runs recorded before the suite timed
+pairs have none.
 """
 
 import json
@@ -23,6 +24,11 @@ SKIPPED_KEY = "fastseg_skipped"
 # own op, or pydensecrf for the dense CRF (BENCHMARKING.md).
 EAGER_IMPLEMENTATIONS = ("torch", "pydensecrf")
 BASELINE_IMPLEMENTATIONS = (*EAGER_IMPLEMENTATIONS, "torch.compile")
+
+
+# The paired speed-up of a dense-CRF record and its quartiles
+# (benchmarks/paired.py): ratios, each a positive number where present.
+PAIRED_RATIOS = ("paired_speedup", "paired_speedup_p25", "paired_speedup_p75")
 
 
 class RunFileError(ValueError):
@@ -61,10 +67,11 @@ def _record(path: Path, index: int, raw) -> dict:
     info = raw.get("extra_info") or {}
     if not isinstance(info, dict):
         raise RunFileError(f"{where} ({raw['name']}): extra_info is not an object")
-    paired = info.get("paired_speedup")
-    if paired is not None and (isinstance(paired, bool) or not isinstance(paired, (int, float))
-                               or not math.isfinite(paired) or paired <= 0):
-        raise RunFileError(f"{where} ({raw['name']}): extra_info.paired_speedup {paired!r} is not a positive number")
+    for key in PAIRED_RATIOS:
+        ratio = info.get(key)
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
+                                  or not math.isfinite(ratio) or ratio <= 0):
+            raise RunFileError(f"{where} ({raw['name']}): extra_info.{key} {ratio!r} is not a positive number")
     # an ungrouped record is a group of its own
     return {**raw, "group": raw.get("group") or raw["name"], "extra_info": info}
 

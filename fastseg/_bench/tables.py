@@ -34,10 +34,16 @@ def _graphs(baseline, record) -> str:
     return f"{_graph_ms(baseline)} / {_graph_ms(record)}"
 
 
-def _paired(info: dict) -> str:
+def _paired(info: dict, quartiles: bool = False) -> str:
     """The paired speed-up (the median over paired rounds of a baseline
-    call's time over the fastseg call's next to it), where the record has one."""
-    return f"{info['paired_speedup']:.2f}x" if "paired_speedup" in info else NOT_MEASURED
+    call's time over the fastseg call's next to it), where the record has
+    one; with ``quartiles``, also the middle half of the pairs' ratios where
+    the record keeps it."""
+    if "paired_speedup" not in info:
+        return NOT_MEASURED
+    spread = (f" ({info['paired_speedup_p25']:.2f}–{info['paired_speedup_p75']:.2f}x)"
+              if quartiles and "paired_speedup_p25" in info and "paired_speedup_p75" in info else "")
+    return f"{info['paired_speedup']:.2f}x{spread}"
 
 
 def _shape(info: dict) -> str:
@@ -129,7 +135,8 @@ def crf_table(benchmarks) -> str:
     """The dense-CRF suite: one row per fastseg record beside pydensecrf in
     the same group; the speed-up of the two records' medians and, where the
     record has one, the paired speed-up (the median over pairs of adjacent
-    calls on the same inputs of pydensecrf's time over fastseg's)."""
+    calls on the same inputs of pydensecrf's time over fastseg's, and the
+    quartiles of those ratios)."""
     rows = ["| scene | shape | labels | iterations | batch | fastseg | pydensecrf ms | fastseg ms | speed-up "
             "| paired speed-up | images/s | % of copy bandwidth | peak MiB |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -138,8 +145,8 @@ def crf_table(benchmarks) -> str:
         info, seconds = b["extra_info"], median(b)
         rows.append(f"| {info['scene']} | {_shape(info)} | {info['labels']} | {info['iterations']} | {info['batch']} "
                     f"| {info['backend']} | {_ms(base, 1)} | {seconds * 1e3:.1f} | {speedup_text(base, seconds)} "
-                    f"| {_paired(info)} | {info['batch'] / seconds:.1f} | {info['pct_of_copy_bandwidth']:.1f} "
-                    f"| {_peak_memory(info)} |")
+                    f"| {_paired(info, quartiles=True)} | {info['batch'] / seconds:.1f} "
+                    f"| {info['pct_of_copy_bandwidth']:.1f} | {_peak_memory(info)} |")
     return "\n".join(rows) + "\n"
 
 
