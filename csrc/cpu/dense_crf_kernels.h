@@ -333,17 +333,31 @@ inline void softmax_negative(typename Simd<scalar_t>::vec* e, Count count, const
 
 // A square of Simd::lanes vectors transposed in registers: lane j of vector
 // i goes to lane i of vector j. Round h swaps the upper-right and lower-left
-// h x h blocks of every 2h x 2h block on the diagonal, for h = lanes/2 down
-// to 1, two shuffles per pair of vectors. Moving a square between rows and
-// label planes this way takes 2 lanes vector loads and stores where a
-// scalar at a time took lanes^2 of each, and was two thirds of the first
-// pass (in-process A/B, VOC photo, one thread: 25.1 -> 21.0 ms for the
-// unary, Q_0 and the lists).
+// h x h blocks inside every 2h x 2h block, for h = lanes/2 down to 1, two
+// shuffles per pair of vectors; after all rounds element (i, j) is at (j, i).
+// Moving a square between rows and label planes this way takes lanes vector
+// loads and lanes vector stores where a scalar at a time took lanes^2 of
+// each: in a profile of the first pass, the two scalar transpositions had
+// about 60% of its samples. In-process A/B, VOC photo, one thread: the
+// unary, Q_0 and the lists 25.1 -> 21.0 ms.
+// GCC's own shuffle builtin, which every GCC has (__builtin_shufflevector
+// came with GCC 12), or Clang's.
+template <typename vec, size_t... lane>
+__attribute__((always_inline)) inline vec shuffle(vec a, vec b) {
+#if defined(__clang__)
+  return __builtin_shufflevector(a, b, lane...);
+#else
+  typedef std::conditional_t<sizeof(a[0]) == 8, int64_t, int32_t> index_t;
+  typedef index_t mask __attribute__((vector_size(sizeof(vec))));
+  return __builtin_shuffle(a, b, mask{static_cast<index_t>(lane)...});
+#endif
+}
+
 template <typename vec, int h, size_t... lane>
 __attribute__((always_inline)) inline void swap_blocks(vec& a, vec& b, std::index_sequence<lane...>) {
   constexpr size_t n = sizeof...(lane);
-  const vec upper = __builtin_shufflevector(a, b, ((lane & h) ? n + lane - h : lane)...);
-  b = __builtin_shufflevector(a, b, ((lane & h) ? n + lane : lane + h)...);
+  const vec upper = shuffle<vec, ((lane & h) ? n + lane - h : lane)...>(a, b);
+  b = shuffle<vec, ((lane & h) ? n + lane : lane + h)...>(a, b);
   a = upper;
 }
 
@@ -388,7 +402,7 @@ void unary_rows(const MeanFieldArgs<scalar_t>& args, int64_t first, int64_t last
   int64_t squared = 0;  // pixels moved a square at a time
   if (scores.pixel_stride == 1) {  // label planes (the logits' own layout)
     for (; squared + S::lanes <= count; squared += S::lanes) {
-      for (int l = 0; l < width; l += S::lanes) {
+      for (int l = 0; l < labels; l += S::lanes) {  // the padding is filled below
         vec square[S::lanes];
         for (int i = 0; i < S::lanes; ++i) {
           square[i] = l + i < labels ? S::load(in + (l + i) * scores.label_stride + squared) : vec{};
