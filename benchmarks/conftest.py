@@ -41,17 +41,13 @@ CUDA graph replays, one graph per input set, for every contender alike:
 ``cuda_graph_error`` with the reason when a call was not or could not be
 captured; a failed capture never fails the benchmark.
 
-Paired rounds (``BenchEnv.time_pairs``, ``paired``): where a baseline is
-far slower than fastseg and both are timed on a shared VM (the dense CRF
-against pydensecrf, its batch-1 groups in a CPU run), a slow spell of the machine (about
-±30% for tens of seconds) can hit one contender's block of rounds and not
-the other's, and the ratio of the two medians swings from run to run.
-After fastseg's own timing, pairs of calls, one of each on the same input
-set, adjacent in time and so on the same machine, alternate which goes
-first (ABBA) and rotate through the sets; the median of the per-pair ratios
-is ``paired_speedup``, beside ``paired_rounds``, ``paired_baseline_median_s``
-and ``paired_median_s``. The pair count follows the budget (at least 5).
-Both records keep their own block's statistics as well.
+Paired rounds (``BenchEnv.time_pairs``; why and how: ``paired``): after
+fastseg's own rounds, pairs of a baseline call and a fastseg call on the
+same input set, next to each other, for a baseline timed on a shared VM
+where a slow spell can fall on one contender's block of rounds and not the
+other's (the dense CRF against pydensecrf in a CPU run). The figures
+(``paired_speedup``, its quartiles, each side's median) join fastseg's
+record; both records keep their own block's statistics as well.
 
 Modes of a layer (``BenchEnv.timed_mode``): the forward alone (inference),
 forward and backward, or the backward alone, its forward run between the
@@ -410,7 +406,7 @@ class BenchEnv:
         call), and add ``paired.paired_figures`` to the record and to the
         terminal summary's copy of it. The count: as many pairs as fit the
         budget at fastseg's median and one warm-up call of the baseline on
-        the first set (outside the pairs), at least 5, at most 200."""
+        the first set (outside the pairs), at least 6, at most 200, even."""
         device = self.device
 
         def idle():

@@ -21,22 +21,13 @@ noise image, where labels are decided by the smallest differences), or,
 without pydensecrf, its probabilities with the reference backend's.
 Nothing asserts on speed.
 
-Paired rounds (``BenchEnv.time_pairs``, ``paired``): pydensecrf takes
-about 320 ms a call on the CPU, fastseg's C++ backend about 70 ms on two
-threads, and each is timed in its own block of rounds. The project's CPU
-machines are shared VMs whose slow spells (about ±30% for tens of seconds)
-hit one block and not the other, so the ratio of the two records' medians
-of the same code swung between 3.4x and 4.5x from run to run. So in a CPU
-run each fastseg backend other than the reference (whose seconds-long
-calls would make the pairs cost more than the rest of the group) is also
-timed in pairs in the batch-1 groups: a pydensecrf call and a fastseg call
-on the same input set, adjacent in time and so on the same machine,
-alternating which goes first, the sets rotating. ``paired_speedup``, the
-median of the per-pair ratios pydensecrf / fastseg, is recorded in
-fastseg's record beside the plain figures of both records, which stay as
-they are. Not on a GPU: its timings do not wander so, and the pairs of its
-Cityscapes and volume groups would add minutes of pydensecrf calls to a
-command that may run ten.
+Paired rounds (``paired`` says why and how): in a CPU run each fastseg
+backend other than the reference (whose calls of seconds would make the
+pairs cost more than the rest of the group) is also timed in pairs with
+pydensecrf in the batch-1 groups, and its record gets ``paired_speedup``.
+Not on a GPU: its timings do not wander as a shared VM's do, and the pairs
+of its Cityscapes and volume groups would add minutes of pydensecrf calls
+to a command that may run ten.
 
 Bytes per call (the roofline's memory side): per iteration the unary and Q
 read and Q written ([B, N, L] float32), and each kernel's lattice read by
@@ -178,11 +169,11 @@ def test_dense_crf(benchmark, bench_env, crf_case):
         _check(case, data, fn(*sets[0]).cpu())
 
     bench_env.measure(benchmark, fn, sets, traffic, case.info(), images=case.batch)
-    if _paired(case, device, benchmark.disabled):
+    if _timed_in_pairs(case, device, benchmark.disabled):
         bench_env.time_pairs(benchmark, pydensecrf_fn, fn, data.sets, sets)
 
 
-def _paired(case: Case, device: torch.device, disabled: bool) -> bool:
+def _timed_in_pairs(case: Case, device: torch.device, disabled: bool) -> bool:
     """Whether ``case`` is also timed in pairs with pydensecrf (module
     docstring): on the CPU, a fastseg backend other than the reference, in
     a batch-1 group (which has pydensecrf), pydensecrf importable, timings

@@ -169,6 +169,14 @@ def test_crf_table_paired_speedup(tmp_path):
     assert bench("--report", old) == 0
     assert "| 4.00x | not measured | 12.5 |" in table_row((tmp_path / "old.md").read_text(), "| cpp |")
 
+    # null figures (JSON's null) are figures not measured, as an absent key
+    nulls = write(tmp_path / "nulls.json", document([crf("pydensecrf", "pydensecrf", 0.32),
+                                                     crf("fastseg-cpp", "fastseg", 0.08, paired_speedup=None,
+                                                         paired_speedup_p25=None, paired_speedup_p75=None)],
+                                                    device=cpu))
+    assert bench("--report", nulls) == 0
+    assert "| 4.00x | not measured | 12.5 |" in table_row((tmp_path / "nulls.md").read_text(), "| cpp |")
+
 
 def test_summary_lines_show_paired_speedup_where_recorded():
     lines = tables.summary_lines([crf("pydensecrf", "pydensecrf", 0.32), crf("fastseg-cpp", "fastseg", 0.08, **PAIRED)])

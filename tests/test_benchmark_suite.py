@@ -208,18 +208,22 @@ def recording(log: list, side: str, clock: FakeClock, cost):
     return call
 
 
-def test_pairs_alternate_abba_on_one_rotating_set():
+def test_pairs_alternate_abba_with_each_set_in_both_orders():
+    """Pairs alternate which side goes first, and each set is run in both
+    orders (with two sets and the set rotating every pair, one set would
+    always run the baseline first)."""
     log, clock = [], FakeClock()
     baseline = recording(log, "baseline", clock, lambda tag: 1.0)
     fastseg = recording(log, "fastseg", clock, lambda tag: 1.0)
     host, device = [("host 0",), ("host 1",)], [("device 0",), ("device 1",)]
-    times = paired.paired_times(baseline, fastseg, host, device, 5, clock=clock)
+    times = paired.paired_times(baseline, fastseg, host, device, 6, clock=clock)
     assert log == [("baseline", "host 0"), ("fastseg", "device 0"),   # A B
-                   ("fastseg", "device 1"), ("baseline", "host 1"),   # B A
-                   ("baseline", "host 0"), ("fastseg", "device 0"),
+                   ("fastseg", "device 0"), ("baseline", "host 0"),   # B A
+                   ("baseline", "host 1"), ("fastseg", "device 1"),
                    ("fastseg", "device 1"), ("baseline", "host 1"),
-                   ("baseline", "host 0"), ("fastseg", "device 0")]
-    assert len(times) == 5
+                   ("baseline", "host 0"), ("fastseg", "device 0"),
+                   ("fastseg", "device 0"), ("baseline", "host 0")]
+    assert len(times) == 6
 
 
 def test_pair_times_count_the_call_and_after_not_before():
@@ -240,7 +244,7 @@ def test_pair_times_count_the_call_and_after_not_before():
 
     sets = [(1,), (2,), (3,)]
     times = paired.paired_times(baseline, fastseg, sets, sets, 4, before=before, after=after, clock=clock)
-    assert times == [(4.5, 1.5), (8.5, 2.5), (12.5, 3.5), (4.5, 1.5)]
+    assert times == [(4.5, 1.5), (4.5, 1.5), (8.5, 2.5), (8.5, 2.5)]
     assert log[:6] == ["before", ("baseline", 1), "after", "before", ("fastseg", 1), "after"]
 
 
@@ -255,8 +259,9 @@ def test_paired_figures_take_the_median_of_the_ratios():
 
 
 def test_pair_count_follows_the_budget_within_bounds():
-    assert paired.pair_count(0.3, 0.32, 0.07) == 5  # the CPU default budget: the floor
-    assert paired.pair_count(30.0, 0.32, 0.07) == 77
+    assert paired.pair_count(0.3, 0.32, 0.07) == 6  # the CPU default budget: the floor, made even
+    assert paired.pair_count(30.0, 0.32, 0.07) == 78  # 77 fit, one more for as many pairs in each order
+    assert paired.pair_count(29.0, 0.32, 0.07) == 76
     assert paired.pair_count(1000.0, 0.32, 0.07) == 200
     with pytest.raises(ValueError, match="positive"):
         paired.pair_count(0.3, 0.0, 0.07)
@@ -276,11 +281,11 @@ def test_which_crf_cases_are_paired():
     pytest.importorskip("pydensecrf.densecrf", reason="pip install pydensecrf2")
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     cases = test_dense_crf_perf._cases(cpu, full=True)
-    chosen = {(c.contender, c.batch) for c in cases if test_dense_crf_perf._paired(c, cpu, disabled=False)}
+    chosen = {(c.contender, c.batch) for c in cases if test_dense_crf_perf._timed_in_pairs(c, cpu, disabled=False)}
     assert chosen == {(b, 1) for b in test_dense_crf_perf.BACKENDS if b != "reference"}
-    assert not any(test_dense_crf_perf._paired(c, cpu, disabled=True) for c in cases)
+    assert not any(test_dense_crf_perf._timed_in_pairs(c, cpu, disabled=True) for c in cases)
     gpu_cases = test_dense_crf_perf._cases(cuda, full=True)
-    assert not any(test_dense_crf_perf._paired(c, cuda, disabled=False) for c in gpu_cases)
+    assert not any(test_dense_crf_perf._timed_in_pairs(c, cuda, disabled=False) for c in gpu_cases)
 
 
 # --- a timed CPU run, end to end ------------------------------------------------------
@@ -308,8 +313,8 @@ def test_a_timed_cpu_run_records_the_fields(tmp_path):
 
 def test_a_timed_cpu_crf_run_records_paired_rounds(tmp_path):
     """fastseg's C++ CRF on the VOC photo at 5 iterations, timed briefly: its
-    record also holds the paired rounds against pydensecrf (5 at the
-    smallest budget), beside its own statistics."""
+    record also holds the paired rounds against pydensecrf (6 at the
+    smallest budget: at least 5, even), beside its own statistics."""
     pytest.importorskip("pydensecrf.densecrf", reason="pip install pydensecrf2")
     pytest.importorskip("skimage.data", reason="pip install scikit-image")
     if not fastseg.backends()["backends"]["cpp"]["cpu"]["available"]:
@@ -323,6 +328,7 @@ def test_a_timed_cpu_crf_run_records_paired_rounds(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     [record] = json.loads(out.read_text())["benchmarks"]
     info = record["extra_info"]
-    assert info["paired_rounds"] == 5 and record["stats"]["rounds"] == 5
+    assert info["paired_rounds"] == 6 and record["stats"]["rounds"] == 5
     assert info["paired_speedup"] > 0 and info["paired_median_s"] > 0 and info["paired_baseline_median_s"] > 0
+    assert info["paired_speedup_p25"] <= info["paired_speedup"] <= info["paired_speedup_p75"]
     assert "paired" in done.stdout  # the terminal summary's column

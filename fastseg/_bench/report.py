@@ -34,7 +34,8 @@ def _header(run: Run) -> list[str]:
     if any(b["extra_info"].get("op") == "dense_crf" for b in run.benchmarks):
         lines += ["", "Paired speed-up (dense CRF): after fastseg's own rounds, pairs of a pydensecrf call and a "
                       "fastseg call next to each other on the same inputs, alternating which goes first; the median "
-                      "over the pairs of pydensecrf's time over fastseg's. A slow spell of a shared machine can hit "
+                      "over the pairs of pydensecrf's time over fastseg's, and in brackets, where recorded, the "
+                      "quartiles of those ratios. A slow spell of a shared machine can hit "
                       "one contender's block of rounds and not the other's, but it hits both calls of a pair alike. "
                       "Not measured for the reference backend, in groups without pydensecrf (batch 32), in GPU "
                       "runs, nor in runs recorded before the suite timed pairs."]

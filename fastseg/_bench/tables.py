@@ -34,15 +34,15 @@ def _graphs(baseline, record) -> str:
     return f"{_graph_ms(baseline)} / {_graph_ms(record)}"
 
 
-def _paired(info: dict, quartiles: bool = False) -> str:
+def _paired_text(info: dict, quartiles: bool = False, missing: str = NOT_MEASURED) -> str:
     """The paired speed-up (the median over paired rounds of a baseline
-    call's time over the fastseg call's next to it), where the record has
-    one; with ``quartiles``, also the middle half of the pairs' ratios where
-    the record keeps it."""
-    if "paired_speedup" not in info:
-        return NOT_MEASURED
-    spread = (f" ({info['paired_speedup_p25']:.2f}–{info['paired_speedup_p75']:.2f}x)"
-              if quartiles and "paired_speedup_p25" in info and "paired_speedup_p75" in info else "")
+    call's time over the fastseg call's next to it), ``missing`` where the
+    record has none; with ``quartiles``, also the middle half of the pairs'
+    ratios where the record keeps it."""
+    if info.get("paired_speedup") is None:
+        return missing
+    low, high = info.get("paired_speedup_p25"), info.get("paired_speedup_p75")
+    spread = f" ({low:.2f}–{high:.2f}x)" if quartiles and low is not None and high is not None else ""
     return f"{info['paired_speedup']:.2f}x{spread}"
 
 
@@ -60,7 +60,7 @@ def summary_lines(benchmarks) -> list[str]:
     events = any("cuda_event_median_s" in b["extra_info"] for b in benchmarks)
     graphs = any("cuda_graph_median_s" in b["extra_info"] for b in benchmarks)
     flops = any("flops" in b["extra_info"] for b in benchmarks)
-    paired = any("paired_speedup" in b["extra_info"] for b in benchmarks)
+    paired = any(b["extra_info"].get("paired_speedup") is not None for b in benchmarks)
     several = any(sum(b["extra_info"].get("implementation") in BASELINE_IMPLEMENTATIONS for b in members) > 1
                   for members in grouped.values())
     width = max([48] + [len(g) for g in grouped])
@@ -82,7 +82,7 @@ def summary_lines(benchmarks) -> list[str]:
                 + (f" {info.get('pct_of_roofline', nan):>6.1f}%" if flops else "")
                 + f" {speedup_text(baseline, seconds) if baseline else 'no baseline':>9}"
                 + (f" {speedup_text(fastest, seconds) if fastest else 'no baseline':>9}" if several else "")
-                + (f" {_paired(info) if 'paired_speedup' in info else '-':>9}" if paired else "")
+                + (f" {_paired_text(info, missing='-'):>9}" if paired else "")
                 + (f" {info.get('cuda_event_median_s', nan) * 1e3:>10.3f} "
                    f"{info.get('cuda_event_pct_of_copy_bandwidth', nan):>6.1f}%" if events else "")
                 + (f" {_graph_ms(b):>10}" if graphs else ""))
@@ -145,7 +145,7 @@ def crf_table(benchmarks) -> str:
         info, seconds = b["extra_info"], median(b)
         rows.append(f"| {info['scene']} | {_shape(info)} | {info['labels']} | {info['iterations']} | {info['batch']} "
                     f"| {info['backend']} | {_ms(base, 1)} | {seconds * 1e3:.1f} | {speedup_text(base, seconds)} "
-                    f"| {_paired(info, quartiles=True)} | {info['batch'] / seconds:.1f} "
+                    f"| {_paired_text(info, quartiles=True)} | {info['batch'] / seconds:.1f} "
                     f"| {info['pct_of_copy_bandwidth']:.1f} | {_peak_memory(info)} |")
     return "\n".join(rows) + "\n"
 
