@@ -372,6 +372,21 @@ __attribute__((always_inline)) inline void transpose_square(typename Simd<scalar
   if constexpr (h > 1) transpose_square<scalar_t, h / 2>(square);
 }
 
+// A square moved between pixel rows and label planes, transposed: lane j of
+// source vector i (at src + i * src_stride) goes to lane i of destination
+// vector j (at dst + j * dst_stride). Only the first src_vectors source
+// vectors are read (the rest count as 0: labels past the last) and the first
+// dst_vectors destination vectors written (planes past the last label).
+template <typename scalar_t>
+__attribute__((always_inline)) inline void move_square(const scalar_t* src, int64_t src_stride, int src_vectors,
+                                                       scalar_t* dst, int64_t dst_stride, int dst_vectors) {
+  using S = Simd<scalar_t>;
+  typename S::vec square[S::lanes];
+  for (int i = 0; i < S::lanes; ++i) square[i] = i < src_vectors ? S::load(src + i * src_stride) : typename S::vec{};
+  transpose_square<scalar_t>(square);
+  for (int i = 0; i < S::lanes && i < dst_vectors; ++i) S::store(dst + i * dst_stride, square[i]);
+}
+
 // Pixels [begin, end) in tiles of at most kTilePixels that do not cross an
 // image: body(first, last) per tile. A tile's rows fit in the L1 cache, so
 // the transposition between rows [pixel, label] and planes [label, pixel]
@@ -403,12 +418,8 @@ void unary_rows(const MeanFieldArgs<scalar_t>& args, int64_t first, int64_t last
   if (scores.pixel_stride == 1) {  // label planes (the logits' own layout)
     for (; squared + S::lanes <= count; squared += S::lanes) {
       for (int l = 0; l < labels; l += S::lanes) {  // the padding is filled below
-        vec square[S::lanes];
-        for (int i = 0; i < S::lanes; ++i) {
-          square[i] = l + i < labels ? S::load(in + (l + i) * scores.label_stride + squared) : vec{};
-        }
-        transpose_square<scalar_t>(square);
-        for (int i = 0; i < S::lanes; ++i) S::store(rows + (squared + i) * width + l, square[i]);
+        move_square(in + l * scores.label_stride + squared, scores.label_stride, labels - l,
+                    rows + squared * width + l, width, S::lanes);
       }
     }
   }
@@ -453,12 +464,8 @@ void write_planes(const MeanFieldArgs<scalar_t>& args, const scalar_t* q, int64_
   int64_t p = first;
   for (; p + S::lanes <= last; p += S::lanes) {
     for (int l = 0; l < args.labels; l += S::lanes) {
-      typename S::vec square[S::lanes];
-      for (int i = 0; i < S::lanes; ++i) square[i] = S::load(q + (p + i) * args.width + l);
-      transpose_square<scalar_t>(square);
-      for (int i = 0; i < S::lanes && l + i < args.labels; ++i) {
-        S::store(out + (l + i) * args.image_pixels + (p - first), square[i]);
-      }
+      move_square(q + p * args.width + l, args.width, S::lanes, out + l * args.image_pixels + (p - first),
+                  args.image_pixels, args.labels - l);
     }
   }
   for (int l = 0; l < args.labels; ++l) {
