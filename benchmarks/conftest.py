@@ -395,16 +395,16 @@ class BenchEnv:
                 if traffic is not None and "cuda_graph_median_s" in graph:
                     benchmark.extra_info.update(roofline.roofline_figures(
                         graph["cuda_graph_median_s"], traffic, flops, copy, matmul, prefix="cuda_graph_"))
+        # The record's own extra_info, so that what time_pairs adds later shows in the summary too.
         self.results.append({"group": benchmark.group, "name": benchmark.name,
-                             "stats": {"median": median}, "extra_info": dict(benchmark.extra_info)})
+                             "stats": {"median": median}, "extra_info": benchmark.extra_info})
 
     def time_pairs(self, benchmark, baseline: Callable, fn: Callable, baseline_sets: list, sets: list) -> None:
         """After ``measure`` timed ``fn`` for ``benchmark``: time pairs of a
         ``baseline`` call and an ``fn`` call next to each other on matching
         sets (``paired.paired_times``: ABBA order, the sets rotating, the
         cache flushed before and the device synchronized inside each timed
-        call), and add ``paired.paired_figures`` to the record and to the
-        terminal summary's copy of it. The count: as many pairs as fit the
+        call), and add ``paired.paired_figures`` to the record. The count: as many pairs as fit the
         budget at fastseg's median and one warm-up call of the baseline on
         the first set (outside the pairs), at least 6, at most 200, even."""
         device = self.device
@@ -424,10 +424,7 @@ class BenchEnv:
         count = paired.pair_count(self.budget_s, baseline_s, benchmark.stats.stats.median)
         figures = paired.paired_figures(paired.paired_times(baseline, fn, baseline_sets, sets, count,
                                                             before=idle, after=finish))
-        benchmark.extra_info.update(figures)
-        for result in self.results:
-            if (result["group"], result["name"]) == (benchmark.group, benchmark.name):
-                result["extra_info"].update(figures)
+        benchmark.extra_info.update(figures)  # the terminal summary's record shares this dict (measure)
 
     def peak_memory(self, fn, inputs, ready: Callable, info: dict) -> int | None:
         """``roofline.peak_memory_bytes`` of one call on the args ``ready``

@@ -178,8 +178,11 @@ def _timed_in_pairs(case: Case, device: torch.device, disabled: bool) -> bool:
     docstring): on the CPU, a fastseg backend other than the reference, in
     a batch-1 group (which has pydensecrf), pydensecrf importable, timings
     recorded."""
-    if disabled or device.type != "cpu" or case.batch != 1 or case.contender in ("pydensecrf", "reference"):
-        return False
+    return (not disabled and device.type == "cpu" and case.batch == 1
+            and case.contender not in ("pydensecrf", "reference") and _pydensecrf_installed())
+
+
+def _pydensecrf_installed() -> bool:
     try:
         importlib.import_module("pydensecrf.densecrf")
     except ImportError:
@@ -192,9 +195,7 @@ def _check(case: Case, data, got: torch.Tensor) -> None:
     pydensecrf its probabilities against the reference backend's."""
     probs, images = data.sets[0]
     where = f"{case.id}"
-    try:
-        importlib.import_module("pydensecrf.densecrf")
-    except ImportError:
+    if not _pydensecrf_installed():
         if case.contender == "reference":
             return
         expected = fastseg.ops.dense_crf(probs[:1], images[:1], case.iterations, probabilities=True,
