@@ -52,6 +52,7 @@
 #include <vector>
 
 #include "../permutohedral.h"
+#include "huge_pages.h"
 #include "parallel.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -249,7 +250,9 @@ class ScratchPool {
       const std::lock_guard<std::mutex> lock(mutex_);
       if (kept_.bytes >= bytes) return std::exchange(kept_, ScratchBlock{});
     }
-    return {std::unique_ptr<std::byte[], ScratchDeleter>(new (kScratchAlignment) std::byte[bytes]), bytes};
+    std::unique_ptr<std::byte[], ScratchDeleter> data(new (kScratchAlignment) std::byte[bytes]);
+    advise_huge_pages(data.get(), bytes);
+    return {std::move(data), bytes};
   }
 
   void give_back(ScratchBlock block) {
@@ -363,7 +366,7 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& scores, c10::string_view s
   const int labels = static_cast<int>(scores.size(2));
   // Q is written label-major, [B, L, N], the layout of the logits it is
   // turned back into, and returned as its [B, N, L] view.
-  at::Tensor result = at::empty({batch, labels, image_pixels}, scores.options());
+  at::Tensor result = empty_in_huge_pages({batch, labels, image_pixels}, scores.options());
   if (result.numel() == 0) return result.transpose(1, 2);
 
   AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), op, [&] {

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "../permutohedral.h"
+#include "huge_pages.h"
 #include "parallel.h"
 
 namespace fastseg {
@@ -428,8 +429,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> permutohe
   const int d = static_cast<int>(feats.size(2));
   const int corners = d + 1;
 
-  at::Tensor vertex_of = at::empty({batch, pixels, corners}, feats.options().dtype(at::kInt));
-  at::Tensor barycentric = at::empty({batch, pixels, corners}, feats.options());
+  at::Tensor vertex_of = empty_in_huge_pages({batch, pixels, corners}, feats.options().dtype(at::kInt));
+  at::Tensor barycentric = empty_in_huge_pages({batch, pixels, corners}, feats.options());
   std::vector<ImageLattice> images;
   int64_t vertices = 0;
   AT_DISPATCH_FLOATING_TYPES(feats.scalar_type(), op, [&] {
@@ -457,7 +458,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> permutohe
 
   const int64_t total = batch * pixels * corners;
   at::Tensor vertex_start = at::empty({vertices + 1}, vertex_of.options());
-  at::Tensor splat_order = at::empty({total}, vertex_of.options());
+  at::Tensor splat_order = empty_in_huge_pages({total}, vertex_of.options());
   corners_by_vertex(vertex_of.const_data_ptr<int32_t>(), total, vertices, vertex_start.mutable_data_ptr<int32_t>(),
                     splat_order.mutable_data_ptr<int32_t>());
   return {vertex_of, barycentric, neighbors, splat_order, vertex_start};
@@ -530,7 +531,7 @@ at::Tensor permutohedral_apply_cpu(const at::Tensor& values, const at::Tensor& v
   check_apply(values, lattice, op);
   TORCH_CHECK(values.device().is_cpu(), op, ": expected CPU tensors, got ", values.device());
   const at::Tensor in = values.contiguous();
-  at::Tensor out = at::empty_like(in);
+  at::Tensor out = empty_in_huge_pages(in.sizes(), in.options());
   const int64_t channels = in.size(2), vertices = lattice.vertices(), d = lattice.d();
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), op, [&] {
