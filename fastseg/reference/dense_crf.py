@@ -42,13 +42,6 @@ def unary_energy(scores: torch.Tensor, scores_are: str) -> torch.Tensor:
     return torch.logsumexp(scores, dim=-1, keepdim=True) - scores  # -log_softmax
 
 
-def position_features(spatial_shape: Sequence[int], scale: Sequence[float], dtype, device) -> torch.Tensor:
-    """[d, *spatial]: the index along each spatial axis times ``scale``
-    (that axis's spacing over its standard deviation)."""
-    axes = [torch.arange(n, dtype=dtype, device=device) * s for n, s in zip(spatial_shape, scale)]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"))
-
-
 def symmetric_compat(compat, dtype, device):
     """A Potts weight as it is, the symmetric part of an [L, L] matrix (as
     Krähenbühl's code takes it)."""
@@ -119,12 +112,21 @@ def kernel_features(image: torch.Tensor | None, spatial: Sequence[int], batch: i
     in Krähenbühl's DenseCRF2D: the lattice is a fixed grid in feature
     space, so its rounding, and with it the labels where they hang on the
     smallest differences, follows pydensecrf's only for the same features."""
-    scale = [s / sigma for s, sigma in zip(per_axis(spacing, len(spatial)), per_axis(sxy, len(spatial)))]
-    features = position_features(spatial, scale, dtype, device).flip(0).expand(batch, -1, *spatial)
+    rank = len(spatial)
+    scale = [s / sigma for s, sigma in zip(per_axis(spacing, rank), per_axis(sxy, rank))]
+    channels = image.shape[1] if srgb is not None else 0
+    # Written in place into the layout the lattice takes, where a stack, a
+    # flip, a concatenation and a transposed copy each made a tensor of
+    # their own (at Cityscapes size 40 MB each, and its page faults).
+    features = torch.empty(batch, *spatial, rank + channels, dtype=dtype, device=device)
+    for feature, axis in enumerate(reversed(range(rank))):
+        along = [1] * rank
+        along[axis] = spatial[axis]
+        features[..., feature] = (torch.arange(spatial[axis], dtype=dtype, device=device) * scale[axis]).view(along)
     if srgb is not None:
-        colour_scale = torch.tensor(per_axis(srgb, image.shape[1]), dtype=dtype, device=device)
-        features = torch.cat([features, image.to(dtype) / colour_scale.view(1, -1, *[1] * len(spatial))], dim=1)
-    return features.reshape(batch, features.shape[1], -1).transpose(1, 2).contiguous()
+        colour_scale = torch.tensor(per_axis(srgb, channels), dtype=dtype, device=device)
+        features[..., rank:] = image.movedim(1, -1).to(dtype) / colour_scale
+    return features.view(batch, -1, rank + channels)
 
 
 def run_dense_crf(logits: torch.Tensor, image: torch.Tensor | None, iterations: int, probabilities: bool,
