@@ -250,9 +250,12 @@ class ScratchPool {
       const std::lock_guard<std::mutex> lock(mutex_);
       if (kept_.bytes >= bytes) return std::exchange(kept_, ScratchBlock{});
     }
-    std::unique_ptr<std::byte[], ScratchDeleter> data(new (kScratchAlignment) std::byte[bytes]);
-    advise_huge_pages(data.get(), bytes);
-    return {std::move(data), bytes};
+    // Not advised to take huge pages (huge_pages.h), unlike the lattices and
+    // the result: right after a pydensecrf call, a Cityscapes-size call's
+    // ~650 MB of scratch so advised made the op at 5 iterations 1419 ms
+    // instead of 926 (medians of 8 rounds, interleaved in one process): the
+    // kernel compacted memory into huge pages at each fault.
+    return {std::unique_ptr<std::byte[], ScratchDeleter>(new (kScratchAlignment) std::byte[bytes]), bytes};
   }
 
   void give_back(ScratchBlock block) {
