@@ -188,6 +188,16 @@ class BenchEnv:
             self._scratch = torch.empty(2 * self.cache_bytes, dtype=torch.uint8, device=self.device)
         self._scratch.fill_(1)
 
+    def go_idle(self) -> None:
+        """Flush the cache and wait for the device: the next timed call
+        starts cold, on an idle device."""
+        self.flush_cache()
+        roofline.synchronize(self.device)
+
+    def finish(self) -> None:
+        """Wait for the device: the host clock must see the kernels finish."""
+        roofline.synchronize(self.device)
+
     def require_variant(self, variant: roofline.Variant) -> None:
         """Skip a conv suite's contender that cannot be measured here."""
         if variant.kind == "compile":
@@ -317,15 +327,14 @@ class BenchEnv:
 
         def timed(args):
             out = fn(*args)
-            roofline.synchronize(device)  # the host clock must see the kernel finish
+            self.finish()
             return out
 
         def ready(args):
             if prepare is None:
                 return args
             args = prepare(*args)
-            self.flush_cache()
-            roofline.synchronize(device)  # the timed call starts on an idle device
+            self.go_idle()
             return args
 
         benchmark.extra_info.update(info)
@@ -407,23 +416,14 @@ class BenchEnv:
         call), and add ``paired.paired_figures`` to the record. The count: as many pairs as fit the
         budget at fastseg's median and one warm-up call of the baseline on
         the first set (outside the pairs), at least 6, at most 200, even."""
-        device = self.device
-
-        def idle():
-            self.flush_cache()
-            roofline.synchronize(device)  # the timed call starts on an idle device
-
-        def finish():
-            roofline.synchronize(device)  # the host clock must see the kernels finish
-
-        idle()
+        self.go_idle()
         start = time.perf_counter()
         baseline(*baseline_sets[0])
-        finish()
+        self.finish()
         baseline_s = time.perf_counter() - start
         count = paired.pair_count(self.budget_s, baseline_s, benchmark.stats.stats.median)
         figures = paired.paired_figures(paired.paired_times(baseline, fn, baseline_sets, sets, count,
-                                                            before=idle, after=finish))
+                                                            before=self.go_idle, after=self.finish))
         benchmark.extra_info.update(figures)  # the terminal summary's record shares this dict (measure)
 
     def peak_memory(self, fn, inputs, ready: Callable, info: dict) -> int | None:
