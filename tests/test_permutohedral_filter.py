@@ -434,6 +434,28 @@ def test_images_of_a_batch_are_independent(backend, gen):
     assert permutohedral_lattice(features, backend=backend).vertices == sum(counts)
 
 
+@pytest.mark.parametrize("d, spatial", [(1, (11,)), (3, (5, 7)), (2, (3, 4, 5))], ids=["1d", "2d", "3d"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_repeated_lattice_is_the_lattice_of_repeated_features(backend, dtype, d, spatial, gen):
+    # Random features: some vertices lack neighbours (-1, which stays -1).
+    _, features = random_case(2, 1, d, spatial, gen, dtype)
+    lattice = permutohedral_lattice(features, backend=backend)
+    built = permutohedral_lattice(features.repeat(3, *[1] * (features.dim() - 1)), backend=backend)
+    assert (built.tensors.neighbors < 0).any()
+    for repeated, expected in zip(lattice.repeated(3).tensors, built.tensors, strict=True):
+        assert repeated.dtype == expected.dtype and torch.equal(repeated, expected)
+    assert lattice.repeated(1).tensors is lattice.tensors
+
+
+def test_repeated_lattice_refuses_int32_overflow(gen):
+    """Checked before anything is allocated: 2^26 copies of 16 pixels with
+    d=1 are 2^31 corners."""
+    lattice = permutohedral_lattice(torch.rand(1, 1, 4, 4, generator=gen), backend="cpp")
+    with pytest.raises(ValueError, match=r"features: B \* N \* \(d\+1\) = 2147483648 corners exceed"):
+        lattice.repeated(2**26)
+
+
 def lattice_translation(d: int, gen: torch.Generator) -> torch.Tensor:
     """[d] float64: a feature-space vector whose lift is a point of the
     lattice, k (d+1) (e_a - e_b) for random a != b and k != 0: the lattice

@@ -7,7 +7,8 @@ position and colour (``bilateral_sxy``, ``bilateral_srgb``,
 ``bilateral_compat``), Potts weights or full label-compatibility matrices,
 symmetric normalisation; see ``fastseg.reference.dense_crf`` for the
 iteration. Each kernel's lattice is built once per call and filters every
-label at every iteration.
+label at every iteration; the spatial kernel's, of positions alone, is built
+for one image and repeated for the others of a batch.
 
 Batched: logits [B, L, *spatial] with an image [B, C, *spatial] of any
 number of channels, 2-D images and 3-D volumes (with a physical ``spacing``
@@ -186,8 +187,8 @@ def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, prob
     if logits.shape[0] == 0:  # only the batch may be empty, as in PyTorch
         return torch.empty_like(logits)
 
-    def lattice_filter(features: Tensor) -> Lattice:
-        return build_lattice(features, spatial, name)
+    def lattice_filter(features: Tensor, copies: int) -> Lattice:
+        return build_lattice(features, spatial, name).repeated(copies)
 
     def solve(scores: Tensor, scores_are: str, kernels, iterations: int) -> Tensor:
         return _mean_field(scores, scores_are, kernels, iterations, name)

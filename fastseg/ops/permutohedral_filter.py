@@ -140,6 +140,12 @@ class Lattice:
     def vertices(self) -> int:
         return self.tensors.neighbors.shape[1]
 
+    def repeated(self, copies: int) -> "Lattice":
+        """The lattice of ``copies`` batches of the same features, one after
+        another (``repeat_lattice``), equal to the one built from them."""
+        check_corner_count(self.batch * copies, self.tensors.vertex_of.shape[1], self.tensors.vertex_of.shape[2] - 1)
+        return Lattice(_reference.repeat_lattice(self.tensors, copies), self.spatial_shape, self.backend)
+
     def reweighted(self, pixel_weights: Tensor) -> "Lattice":
         """The lattice of ``diag(n) K diag(n)`` for pixel weights n [B, N, 1]:
         each pixel splats and slices with its barycentric weights times n."""
@@ -249,13 +255,19 @@ def permutohedral_lattice(features: Tensor, *, backend: str | None = None) -> La
                          _backend.resolve_backend(BACKENDS, backend, features, uncovered=uncovered(features.shape[1])))
 
 
-def build_lattice(flat: Tensor, spatial_shape: tuple[int, ...], backend: str) -> Lattice:
-    """The lattice of checked features already laid out [B, N, d] by
-    ``flat_features``."""
-    corners = flat.shape[0] * flat.shape[1] * (flat.shape[2] + 1)
+def check_corner_count(images: int, pixels: int, d: int) -> None:
+    """A lattice of this many images of N pixels and d features numbers its
+    B * N * (d+1) corners in int32."""
+    corners = images * pixels * (d + 1)
     if corners >= 2**31:
         raise ValueError(f"features: B * N * (d+1) = {corners} corners exceed the lattice's int32 indices; "
                          "filter fewer images or pixels at a time")
+
+
+def build_lattice(flat: Tensor, spatial_shape: tuple[int, ...], backend: str) -> Lattice:
+    """The lattice of checked features already laid out [B, N, d] by
+    ``flat_features``."""
+    check_corner_count(*flat.shape)
     return Lattice(LatticeTensors(*_lattice_op(flat, backend)), spatial_shape, backend)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from .._layout import memory_format_of
 
-from .permutohedral_filter import apply_lattice, build_lattice
+from .permutohedral_filter import apply_lattice, build_lattice, repeat_lattice
 
 # pydensecrf's unary_from_softmax clips probabilities here before the log.
 PROBABILITY_CLIP = 1e-5
@@ -130,11 +130,14 @@ def kernel_features(image: torch.Tensor | None, spatial: Sequence[int], batch: i
 
 
 def run_dense_crf(logits: torch.Tensor, image: torch.Tensor | None, iterations: int, probabilities: bool,
-                  kernel_params, spacing, lattice_filter: Callable[[torch.Tensor], Filter],
+                  kernel_params, spacing, lattice_filter: Callable[[torch.Tensor, int], Filter],
                   solve=solve_mean_field) -> torch.Tensor:
     """The mean-field of ``dense_crf`` with the normalised Gaussian filters
-    that ``lattice_filter`` makes from [B, N, d] features: the reference's
-    own lattice here, a faster backend's in ``fastseg.ops.dense_crf``.
+    that ``lattice_filter(features, copies)`` makes from [B', N, d] features
+    for the batch of B = B' * copies images: the reference's own lattice
+    here, a faster backend's in ``fastseg.ops.dense_crf``. A kernel of
+    positions alone has the same features in every image, so it passes one
+    image's (B' = 1, copies = B), whose lattice serves them all.
     ``solve`` runs the iterations, with ``solve_mean_field``'s signature; a
     backend may pass its own, which takes whatever its ``lattice_filter``
     makes.
@@ -148,17 +151,19 @@ def run_dense_crf(logits: torch.Tensor, image: torch.Tensor | None, iterations: 
     for sxy, srgb, compat in kernel_params:
         if not isinstance(compat, torch.Tensor) and compat == 0:
             continue
-        features = kernel_features(image, spatial, batch, spacing, sxy, srgb, dtype, logits.device)
-        kernels.append((lattice_filter(features), symmetric_compat(compat, dtype, logits.device)))
+        images = batch if srgb is not None else 1
+        features = kernel_features(image, spatial, images, spacing, sxy, srgb, dtype, logits.device)
+        kernels.append((lattice_filter(features, batch // images), symmetric_compat(compat, dtype, logits.device)))
     scores_are = "probabilities" if probabilities else "logits"
     q = solve(scores, scores_are, kernels, iterations)  # [B, N, L], in the memory layout solve chose
     q = q.reshape(batch, *spatial, labels).movedim(-1, 1).to(logits.dtype)
     return q.contiguous(memory_format=memory_format_of(logits))
 
 
-def _reference_filter(features: torch.Tensor) -> Filter:
-    lattice = build_lattice(features)
-    return normalized_filter(lambda values: apply_lattice(values, lattice), features)
+def _reference_filter(features: torch.Tensor, copies: int) -> Filter:
+    lattice = repeat_lattice(build_lattice(features), copies)
+    like = features.expand(features.shape[0] * copies, -1, -1)  # the shape of the whole batch's features
+    return normalized_filter(lambda values: apply_lattice(values, lattice), like)
 
 
 def dense_crf(logits: torch.Tensor, image: torch.Tensor | None, iterations: int = 5, *, probabilities: bool = False,

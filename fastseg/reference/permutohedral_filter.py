@@ -44,6 +44,30 @@ class LatticeTensors(NamedTuple):
     vertex_start: torch.Tensor  # int32 [M+1]: corners of vertex v are splat_order[vertex_start[v]:vertex_start[v+1]]
 
 
+def repeat_lattice(lattice: LatticeTensors, copies: int) -> LatticeTensors:
+    """The lattice of ``copies`` batches of the same features, one after
+    another, from the lattice of one: copy k's vertices and corners are
+    numbered after copy k-1's, as building it from the repeated features
+    numbers them (images share no vertex), but without the build. The
+    caller keeps B * copies * N * (d+1) within int32."""
+    if copies == 1:
+        return lattice
+    batch, pixels, corners = lattice.vertex_of.shape
+    vertices, total = lattice.neighbors.shape[1], batch * pixels * corners
+    copy = torch.arange(copies, dtype=torch.int32, device=lattice.vertex_of.device)
+    vertex_shift, corner_shift = copy * vertices, copy * total
+    neighbors = lattice.neighbors.unsqueeze(1)  # [d+1, 1, M, 2]
+    neighbors = torch.where(neighbors < 0, neighbors, neighbors + vertex_shift.view(1, -1, 1, 1))  # -1: none
+    vertex_start = (lattice.vertex_start[:-1] + corner_shift.view(-1, 1)).reshape(-1)
+    return LatticeTensors(
+        vertex_of=(lattice.vertex_of + vertex_shift.view(-1, 1, 1, 1)).reshape(copies * batch, pixels, corners),
+        barycentric=lattice.barycentric.repeat(copies, 1, 1),
+        neighbors=neighbors.reshape(corners, copies * vertices, 2),
+        splat_order=(lattice.splat_order + corner_shift.view(-1, 1)).reshape(-1),
+        vertex_start=torch.cat([vertex_start, vertex_start.new_tensor([copies * total])]),
+    )
+
+
 def exact_gaussian_filter(values: torch.Tensor, features: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """``sum_j exp(-|f_i - f_j|^2 / 2) v_j`` computed exactly, per image.
 
