@@ -220,6 +220,71 @@ def test_any_number_of_image_channels(channels, pd):
     _assert_close(*_both(pd, build))
 
 
+def _forbidding_unary(rng) -> np.ndarray:
+    """-log p of probabilities that are exactly 0 off label 2 in the top
+    left corner: +inf energies there (a hard constraint)."""
+    probabilities = rng.dirichlet(np.ones(M), size=(H, W)).astype(np.float32)
+    probabilities[:10, :10] = np.eye(M, dtype=np.float32)[2]
+    with np.errstate(divide="ignore"):
+        return fu.unary_from_softmax(np.moveaxis(probabilities, -1, 0).copy(), clip=None)
+
+
+def test_forbidden_labels_match_pydensecrf(pd):
+    unary, image = _forbidding_unary(np.random.default_rng(11)), _image(np.random.default_rng(12))
+    assert np.isposinf(unary).sum() == 100 * (M - 1)
+
+    def build(module):
+        crf = module.DenseCRF2D(W, H, M)
+        crf.setUnaryEnergy(unary)
+        crf.addPairwiseGaussian(sxy=3, compat=3)
+        crf.addPairwiseBilateral(sxy=80, srgb=13, rgbim=image, compat=10)
+        return crf
+
+    _assert_close(*_both(pd, build))
+
+
+@pytest.mark.parametrize("normalization", [fd.NORMALIZE_SYMMETRIC, fd.NORMALIZE_BEFORE], ids=lambda n: n.name)
+def test_forbidden_labels_get_no_mass(normalization):
+    """Q is exactly 0 on every label a +inf energy forbids, through the
+    fused op (symmetric normalisation) and the composed filters alike, and
+    the KL divergence stays finite (pydensecrf's turns NaN: 0 * inf)."""
+    unary = _forbidding_unary(np.random.default_rng(13))
+    crf = fd.DenseCRF2D(W, H, M)
+    crf.setUnaryEnergy(unary)
+    crf.addPairwiseGaussian(sxy=3, compat=3, normalization=normalization)
+    crf.addPairwiseBilateral(sxy=80, srgb=13, rgbim=_image(np.random.default_rng(14)), compat=10,
+                             normalization=normalization)
+    forbidden = np.isposinf(unary)
+    q = crf.inference(5)
+    assert np.isfinite(q).all() and (q[forbidden] == 0).all() and (q[:, forbidden.any(0)].argmax(0) == 2).all()
+    stepped, tmp1, tmp2 = crf.startInference()
+    crf.stepInference(stepped, tmp1, tmp2)
+    assert (stepped[forbidden] == 0).all()
+    assert np.isfinite(crf.klDivergence(q))
+
+
+def test_sixteen_bit_image_features_match_pydensecrf(pd, pu):
+    """Bilateral features of a 16-bit image with a small schan reach ~3e4
+    standard deviations, beyond where float32 resolves the lattice:
+    fastseg builds that lattice in float64, pydensecrf computes on in
+    float32. Labels agree (all of them, measured)."""
+    rng = np.random.default_rng(15)
+    columns = np.arange(W)[None, :].repeat(H, 0)
+    image = (30000 + 20000 * (columns > W // 2) + rng.normal(0, 300, (H, W))).astype(np.uint16)
+    unary = _softmax_unary(rng)
+
+    def build(module, utils):
+        crf = module.DenseCRF2D(W, H, M)
+        crf.setUnaryEnergy(unary)
+        crf.addPairwiseEnergy(utils.create_pairwise_gaussian((3, 3), (H, W)), compat=3)
+        crf.addPairwiseEnergy(utils.create_pairwise_bilateral((10, 10), 2.0, image), compat=10)
+        return crf
+
+    assert fu.create_pairwise_bilateral((10, 10), 2.0, image).max() > 2.5e4
+    expected, actual = np.array(build(pd, pu).inference(5)), build(fd, fu).inference(5)
+    assert (actual.argmax(0) == expected.argmax(0)).mean() >= 0.97
+
+
 def test_four_channel_image_matches_reference_dense_crf():
     """addPairwiseEnergy with the reference's own features of a 4-channel
     image: the CRF of fastseg.reference.dense_crf. (Features equal to the
@@ -400,6 +465,12 @@ def _with_nan(array: np.ndarray, value=np.nan) -> np.ndarray:
     return array
 
 
+def _forbid_all(unary: np.ndarray, variable: int) -> np.ndarray:
+    unary = unary.copy()
+    unary[:, variable] = np.inf
+    return unary
+
+
 def _read_only(array: np.ndarray) -> np.ndarray:
     array = array.copy()
     array.flags.writeable = False
@@ -419,15 +490,19 @@ BAD_CALLS = {
                               r"u: the unary energy must have shape \(nlabels, nvar\) = \(3, 30\), got \(3, 31\)"),
     "unary transposed": (lambda: _crf().setUnaryEnergy(np.zeros((30, 3), np.float32)), ValueError,
                          r"must have shape \(nlabels, nvar\) = \(3, 30\), got \(30, 3\)"),
-    "unary NaN": (lambda: _crf().setUnaryEnergy(_with_nan(U)), ValueError, "u must be finite; it holds 1 NaN"),
-    "unary Inf": (lambda: _crf().setUnaryEnergy(_with_nan(U, np.inf)), ValueError, "u must be finite"),
+    "unary NaN": (lambda: _crf().setUnaryEnergy(_with_nan(U)), ValueError,
+                  r"u: the unary energy must be finite or \+inf \(a forbidden label\); it holds 1 NaN or -inf"),
+    "unary -Inf": (lambda: _crf().setUnaryEnergy(_with_nan(U, -np.inf)), ValueError,
+                   "it holds 1 NaN or -inf entries"),
+    "unary all +Inf": (lambda: _crf().setUnaryEnergy(_forbid_all(U, 7)), ValueError,
+                       r"u: the unary energy is \+inf for every label at 1 variable\(s\), the first 7"),
     "logistic f rows": (lambda: _crf().setUnaryEnergy(np.zeros((3, 2), np.float32), np.zeros((4, 30), np.float32)),
                         ValueError, r"f must be of shape \(D, nvar\) with D = 2"),
     "setUnary array": (lambda: _crf().setUnary(U), TypeError, "u must be a ConstUnary or LogisticUnary"),
     "sxy zero": (lambda: _crf().addPairwiseGaussian(0, 3), ValueError, "sxy must be positive and finite"),
     "sxy three": (lambda: _crf().addPairwiseGaussian((1, 2, 3), 3), TypeError,
                   "sxy must be a positive number or a sequence of 2"),
-    "sxy tiny": (lambda: _crf().addPairwiseGaussian(1e-7, 3), ValueError, "features reach"),
+    "sxy tiny": (lambda: _crf().addPairwiseGaussian(1e-12, 3), ValueError, "features reach"),
     "compat NaN": (lambda: _crf().addPairwiseGaussian(3, float("nan")), ValueError, "compat must be finite"),
     "compat string": (lambda: _crf().addPairwiseGaussian(3, "3"), TypeError, "compat must be a number"),
     "compat 3-D": (lambda: _crf().addPairwiseGaussian(3, np.ones((3, 3, 3), np.float32)), TypeError,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import fastseg
-from crf_helpers import DTYPES, OUTPUT_TOL, coloured_regions, dtype_id, positions
+from crf_helpers import DTYPES, OUTPUT_TOL, assert_close_scaled, coloured_regions, dtype_id, positions
 from fastseg import _compiled_ops
 from fastseg.ops import DenseCRF, Lattice, dense_crf, permutohedral_lattice
 from pool_helpers import on_devices
@@ -317,6 +317,21 @@ def test_improves_a_noisy_labelling(backend, gen):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_sixteen_bit_image_with_a_small_srgb(backend, gen):
+    """A 16-bit grey image (microscopy, CT) with srgb=0.5: its features
+    reach ~1.3e5 standard deviations, beyond where float32 resolves the
+    lattice, so float32 logits get a lattice built in float64: the float64
+    computation's result, rounded."""
+    label, image = coloured_regions(gen, (17, 23), 3, channels=1)
+    image = image.float() * 257  # 0..65535
+    logits = (F.one_hot(label, 3).movedim(-1, 0).double() + torch.randn(3, 17, 23, generator=gen, dtype=torch.float64))
+    params = dict(bilateral_srgb=0.5, bilateral_sxy=5.0)
+    q = dense_crf(logits[None].float(), image[None], 5, backend=backend, **params)
+    expected = dense_crf(logits[None], image[None].double(), 5, backend=backend, **params)
+    assert_close_scaled(q, expected, 1e-5)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_anisotropic_spacing_scales_positions(backend, gen):
     """A 3-D volume with spacing (2, 1, 1) is the same CRF as spacing 1 with
     every sxy divided by the spacing per axis; spacing changes the result."""
@@ -554,9 +569,9 @@ ERRORS = [
                  r"bilateral_compat must be a finite number \(Potts weight\) or an \[L, L\] tensor, got nan",
                  id="compat-nan"),
     pytest.param(dict(gaussian_compat="3"), TypeError, r"gaussian_compat must be a finite number", id="compat-string"),
-    pytest.param(dict(bilateral_srgb=1e-6), ValueError,
-                 r"features reach .* standard deviations from 0, beyond the .*; use larger standard deviations",
-                 id="srgb-too-small"),
+    pytest.param(dict(bilateral_srgb=1e-8), ValueError,
+                 r"features reach .* standard deviations from 0, beyond the .* that the lattice's int32 keys resolve "
+                 r"at d=5; use larger standard deviations", id="srgb-too-small"),
     pytest.param(dict(backend="triton"), fastseg.BackendUnavailable, r"has no 'triton' backend", id="backend-triton"),
     pytest.param(dict(backend="cuda"), fastseg.BackendUnavailable,
                  r"backend 'cuda' \(asked for by backend\) cannot run on cpu tensors here", id="backend-cuda-on-cpu"),

@@ -603,33 +603,53 @@ def test_export(backend, gen):
 
 # --- the range of the features ----------------------------------------------------------------
 
-# Features must keep sqrt(2/3) (d+1) |f| within 2^16 in float32, 2^30 in float64.
+# sqrt(2/3) (d+1) |f| within 2^16 is where float32 resolves the lattice
+# (beyond, float32 features get a float64 lattice), 2^30 where the int32
+# keys end.
 RANGE_LIMIT = {torch.float32: 2.0**16, torch.float64: 2.0**30}
 # Backends' agreement at the edge of the range, relative to the largest
 # output: float32 measured 2e-4 (d=5), float64 3e-8.
 EDGE_TOL = {torch.float32: 2e-3, torch.float64: 1e-6}
 
 
+def features_reaching(reach: float, d: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """values [1, 2, 4, 5] and features [1, d, 4, 5] whose longest vector
+    lifts to ``reach``, float64."""
+    values, features = random_case(1, 2, d, (4, 5), gen)
+    return values, features / features.square().sum(1).sqrt().max() * reach / (2 / 3) ** 0.5 / (d + 1)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
 @pytest.mark.parametrize("d", [1, 2, 5])
 def test_features_at_the_edge_of_the_range(d, dtype, gen):
     """Just inside the range the backends agree (and nothing overflows the
-    int32 keys); one pixel 1% beyond it is refused, naming the features."""
-    limit = RANGE_LIMIT[dtype] / (2 / 3) ** 0.5 / (d + 1)
-    values, features = random_case(1, 2, d, (4, 5), gen)
-    features = features / features.square().sum(1).sqrt().max() * limit * 0.999
+    int32 keys); one pixel 1% beyond where the keys end is refused, naming
+    the features."""
+    values, features = features_reaching(0.999 * RANGE_LIMIT[dtype], d, gen)
     values, features = values.to(dtype), features.to(dtype)
     assert_close_scaled(permutohedral_filter(values, features, backend="cpp"),
                         permutohedral_filter(values, features, backend="reference"), EDGE_TOL[dtype])
-    beyond = features.clone()
-    beyond[0, 0, 1, 2] = 1.01 * limit
+    _, beyond = features_reaching(1.01 * RANGE_LIMIT[torch.float64], d, gen)
     for backend in CPU_BACKENDS:
-        with pytest.raises(ValueError, match=r"features reach .* standard deviations from 0, beyond the"):
-            permutohedral_filter(values, beyond, backend=backend)
+        with pytest.raises(ValueError, match=r"features reach .* standard deviations from 0, beyond the .* that "
+                                             rf"the lattice's int32 keys resolve at d={d}; use larger"):
+            permutohedral_filter(values, beyond.to(dtype), backend=backend)
         with pytest.raises(ValueError, match=r"features reach"):
-            permutohedral_lattice(beyond, backend=backend)
-    if dtype == torch.float32:  # float64 features resolve it
-        permutohedral_filter(values, beyond.double(), backend="cpp")
+            permutohedral_lattice(beyond.to(dtype), backend=backend)
+
+
+@pytest.mark.parametrize("d", [1, 2, 5])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_float32_features_beyond_float32_get_a_float64_lattice(backend, d, gen):
+    """Float32 features 10x beyond where float32 resolves the lattice (a
+    16-bit image with a small srgb): the filter of the same features in
+    float64, rounded to float32; the lattice's weights stay float32."""
+    values, features = features_reaching(10 * RANGE_LIMIT[torch.float32], d, gen)
+    features = features.float()
+    lattice = permutohedral_lattice(features, backend=backend)
+    assert lattice.tensors.barycentric.dtype == torch.float32
+    expected = permutohedral_filter(values, features.double(), backend=backend).float()
+    assert_close_scaled(permutohedral_filter(values.float(), features, backend=backend), expected, 1e-5)
 
 
 # --- bad arguments -----------------------------------------------------------------------------
@@ -684,9 +704,9 @@ ERRORS = [
                  r"values must be finite; it holds 90 NaN or Inf entries", id="values-inf"),
     pytest.param(dict(values=lambda v, f: v.masked_fill(v > 1, float("nan"))), ValueError,
                  r"values must be finite; it holds \d+ NaN", id="values-nan"),
-    pytest.param(dict(features=lambda v, f: 1e6 * f), ValueError,
-                 r"features reach .* standard deviations from 0, beyond the .* float32 at d=2; use larger",
-                 id="features-too-spread"),
+    pytest.param(dict(features=lambda v, f: 1e10 * f), ValueError,
+                 r"features reach .* standard deviations from 0, beyond the .* that the lattice's int32 keys "
+                 r"resolve at d=2; use larger", id="features-too-spread"),
     pytest.param(dict(backend="triton"), fastseg.BackendUnavailable,
                  r"permutohedral_filter has no 'triton' backend \(it has cuda, cpp, reference; asked for by backend\)",
                  id="backend-triton"),

@@ -47,19 +47,21 @@ inline void for_each_block(int count, const Body& body) {
   }
 }
 
-// exp(-y) lane by lane, for y >= 0 (+inf included: the padding's energy).
+// exp(-y) lane by lane, for y >= 0 (+inf included: the padding's energy,
+// a forbidden label's).
 // float: Cephes' expf (range reduction by ln 2 split in two parts, a
 // degree-6 polynomial, ~1 ulp), vectorised where std::exp would be called
-// once per lane. y is clamped to 87 first: exp(-87) ~ 1.6e-38 is about the
-// least normal float, and anything below is 0 to every sum it enters.
+// once per lane. From y = 87 on it is 0: exp(-87) ~ 1.6e-38 is about the
+// least normal float, and anything below is 0 to every sum it enters (and
+// a forbidden label's Q is exactly 0, as with std::exp).
 // double: std::exp per lane, for the precision double is asked for.
 template <typename scalar_t>
 __attribute__((always_inline)) inline typename Simd<scalar_t>::vec exp_negative(typename Simd<scalar_t>::vec y) {
   using vec = typename Simd<scalar_t>::vec;
   if constexpr (std::is_same_v<scalar_t, float>) {
     typedef int32_t ivec __attribute__((vector_size(kVectorBytes)));
-    const vec limit = Simd<float>::broadcast(87.0f);
-    const vec x = -(y < limit ? y : limit);
+    const auto inside = y < Simd<float>::broadcast(87.0f);  // lanes of all ones where true
+    const vec x = -(inside ? y : vec{});
     const vec n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2): 1.5 * 2^23 trick
     const vec r = x - n * 0.693359375f + n * 2.12194440e-4f;
     vec p = Simd<float>::broadcast(1.9875691500e-4f);
@@ -70,7 +72,7 @@ __attribute__((always_inline)) inline typename Simd<scalar_t>::vec exp_negative(
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     // times 2^n, n in [-126, 0], added to the exponent bits
-    return (vec)((ivec)p + (__builtin_convertvector(n, ivec) << 23));
+    return (vec)(((ivec)p + (__builtin_convertvector(n, ivec) << 23)) & (ivec)inside);
   } else {
     vec out;
     for (int i = 0; i < Simd<scalar_t>::lanes; ++i) out[i] = std::exp(-y[i]);

@@ -68,17 +68,30 @@ def _check_int(value, name: str, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
-def _check_array(value, name: str, dtype, shape: tuple[int | None, ...], what: str) -> None:
+def _check_array(value, name: str, dtype, shape: tuple[int | None, ...], what: str, finite: bool = True) -> None:
     """A numpy array of ``dtype`` and ``shape`` (None: any size >= 1 on
-    that axis), with finite values."""
+    that axis), with finite values unless ``finite`` is False."""
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a numpy array {what}, got {type(value).__name__}")
     if value.dtype != dtype:
         raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {value.dtype}")
     if value.ndim != len(shape) or any(want not in (None, got) or got < 1 for want, got in zip(shape, value.shape)):
         raise ValueError(f"{name} must be {what}, got shape {value.shape}")
-    if value.dtype.kind == "f" and not np.isfinite(value).all():
+    if finite and value.dtype.kind == "f" and not np.isfinite(value).all():
         raise ValueError(f"{name} must be finite; it holds {int((~np.isfinite(value)).sum())} NaN or Inf entries")
+
+
+def _check_unary(energy: np.ndarray) -> None:
+    """A unary energy [M, N]: finite or +inf (a forbidden label), with a
+    label left to every variable; pydensecrf's output turns NaN otherwise."""
+    if np.isnan(energy).any() or np.isneginf(energy).any():
+        bad = int(np.isnan(energy).sum() + np.isneginf(energy).sum())
+        raise ValueError(f"u: the unary energy must be finite or +inf (a forbidden label); it holds {bad} NaN or "
+                         "-inf entries")
+    impossible = np.isposinf(energy).all(axis=0)
+    if impossible.any():
+        raise ValueError(f"u: the unary energy is +inf for every label at {int(impossible.sum())} variable(s), "
+                         f"the first {int(impossible.argmax())}: each needs a label it allows")
 
 
 def _per_axis(value, name: str, count: int) -> tuple[float, ...]:
@@ -162,10 +175,11 @@ class Unary:
 
 
 class ConstUnary(Unary):
-    """The unary energy ``u`` [M, N] as it is (``setUnaryEnergy(u)``)."""
+    """The unary energy ``u`` [M, N] as it is (``setUnaryEnergy(u)``); +inf
+    forbids a label (a hard constraint, or -log 0 of a probability)."""
 
     def __init__(self, u):
-        _check_array(u, "u", np.float32, (None, None), "of shape (nlabels, nvar)")
+        _check_array(u, "u", np.float32, (None, None), "of shape (nlabels, nvar)", finite=False)
         self.energy = np.ascontiguousarray(u)
 
 
@@ -208,9 +222,7 @@ class DenseCRF:
         wanted = (self._nlabels, self._nvar)
         if u.energy.shape != wanted:
             raise ValueError(f"u: the unary energy must have shape (nlabels, nvar) = {wanted}, got {u.energy.shape}")
-        if not np.isfinite(u.energy).all():
-            raise ValueError(f"u: the unary energy must be finite; it holds {int((~np.isfinite(u.energy)).sum())} "
-                             "NaN or Inf entries")
+        _check_unary(u.energy)
         self._unary = torch.from_numpy(u.energy.T.copy()).unsqueeze(0)
 
     def addPairwiseEnergy(self, features, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC):
@@ -257,8 +269,9 @@ class DenseCRF:
         sum Q log Q + sum Q (unary + pairwise messages)."""
         self._check_marginals(Q)
         q = _from_numpy(Q)
-        # 1e-20 keeps 0 log 0 at 0, as his code does.
-        terms = q * (torch.log(q.clamp(min=1e-20)) + self._energy(q))
+        # 1e-20 keeps 0 log 0 at 0, as his code does; a label that Q gives no
+        # mass adds nothing, also where its energy is +inf (his code: NaN).
+        terms = torch.where(q > 0, q * (torch.log(q.clamp(min=1e-20)) + self._energy(q)), 0)
         return float(terms.double().sum())
 
     @property

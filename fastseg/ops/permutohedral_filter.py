@@ -54,7 +54,7 @@ BACKENDS = _backend.register("permutohedral_filter", {"cuda": ("cuda",), "cpu": 
 # The lift scales feature vectors by sqrt(2/3) (d+1). Lattice cells are d+1
 # wide there, so float32 keeps the barycentric weights to about 1% up to
 # 2^16; float64 goes as far as the int32 keys do.
-_MAX_LIFTED = {torch.float32: 2.0**16, torch.float64: 2.0**30}
+_MAX_LIFTED_FLOAT32, _MAX_LIFTED = 2.0**16, 2.0**30
 
 
 # csrc/cuda/permutohedral_filter.cuh: its per-thread arrays are compiled up to this d.
@@ -74,9 +74,9 @@ def _implementation(backend: str):
 
 @torch.library.custom_op("fastseg::permutohedral_lattice", mutates_args=())
 def _lattice_op(features: Tensor, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    # Checked here, where the values are at hand also inside a compiled graph.
-    check_lattice_range(features)
-    return tuple(_implementation(backend).build_lattice(features))
+    # Decided here, where the values are at hand also inside a compiled graph.
+    lattice = _implementation(backend).build_lattice(features.to(lattice_dtype(features)))
+    return tuple(lattice._replace(barycentric=lattice.barycentric.to(features.dtype)))
 
 
 @_lattice_op.register_fake
@@ -192,29 +192,34 @@ def check_finite(t: Tensor, name: str) -> tuple[float, float] | None:
     return lowest, highest
 
 
-def check_lattice_range(flat: Tensor) -> None:
-    """Features [B, N, d] must lie where the lattice resolves them in their
-    dtype (float32 or float64).
+def lattice_dtype(flat: Tensor) -> torch.dtype:
+    """The dtype the lattice of features [B, N, d] is built in: theirs, or
+    float64 for float32 features beyond where float32 resolves the lattice
+    (its weights come back in float32). Features beyond where float64 does
+    (where the int32 keys end) are refused.
 
     They are never shifted towards 0: the Gaussian would not see it, but
     the lattice is a fixed grid in feature space, and Krähenbühl's code
     (so pydensecrf) rounds the features as they are."""
     if flat.numel() == 0:
-        return
+        return flat.dtype
     d = flat.shape[-1]
     reach = math.sqrt(2.0 / 3.0) * (d + 1)
+    within = _MAX_LIFTED_FLOAT32 if flat.dtype == torch.float32 else _MAX_LIFTED
     # No feature vector is longer than sqrt(d) times the largest |feature|:
     # one reduction without temporaries, a tenth of the exact norm's time,
     # settles every realistic input; the exact norm decides the rest.
     lowest, highest = (float(extreme) for extreme in torch.aminmax(flat))
-    if reach * math.sqrt(d) * max(-lowest, highest) <= _MAX_LIFTED[flat.dtype]:
-        return
-    longest = float(flat.square().sum(-1).max().sqrt())
-    if reach * longest > _MAX_LIFTED[flat.dtype]:
-        limit = _MAX_LIFTED[flat.dtype] / reach
-        raise ValueError(f"features reach {longest:.4g} standard deviations from 0, beyond the {limit:.4g} that the "
-                         f"lattice resolves in {str(flat.dtype).removeprefix('torch.')} at d={d}; use larger "
-                         "standard deviations, features closer to 0, or float64 features")
+    if reach * math.sqrt(d) * max(-lowest, highest) <= within:
+        return flat.dtype
+    longest = float(flat.double().square().sum(-1).max().sqrt())
+    if reach * longest <= within:
+        return flat.dtype
+    if reach * longest > _MAX_LIFTED:
+        raise ValueError(f"features reach {longest:.4g} standard deviations from 0, beyond the "
+                         f"{_MAX_LIFTED / reach:.4g} that the lattice's int32 keys resolve at d={d}; use larger "
+                         "standard deviations or features closer to 0")
+    return torch.float64
 
 
 def flat_features(features: Tensor, dtype: torch.dtype) -> Tensor:
