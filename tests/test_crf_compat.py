@@ -479,7 +479,7 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 BAD_CALLS = {
     "w zero": (lambda: fd.DenseCRF2D(0, 5, 3), ValueError, "w must be an int >= 1"),
-    "h float": (lambda: fd.DenseCRF2D(6, 5.0, 3), ValueError, "h must be an int >= 1"),
+    "h fraction": (lambda: fd.DenseCRF2D(6, 5.5, 3), ValueError, "h must be an int >= 1, got 5.5"),
     "zero labels": (lambda: fd.DenseCRF2D(6, 5, 0), ValueError, "nlabels must be an int >= 1, got 0"),
     "nvar negative": (lambda: fd.DenseCRF(-3, 2), ValueError, "nvar must be an int >= 1"),
     "unary float64": (lambda: _crf().setUnaryEnergy(U.astype(np.float64)), TypeError,
@@ -539,8 +539,9 @@ BAD_CALLS = {
                          "features must have dtype float32"),
     "features Inf": (lambda: _crf().addPairwiseEnergy(_with_nan(FEATURES, -np.inf), 3), ValueError,
                      "features must be finite"),
-    "niter negative": (lambda: _crf().inference(-1), ValueError, "niter must be an int >= 0, got -1"),
-    "niter float": (lambda: _crf().inference(5.0), ValueError, "niter must be an int >= 0"),
+    "niter negative": (lambda: _crf().inference(-1), ValueError, r"niter must be an int in \[0, 1000\], got -1"),
+    "niter fraction": (lambda: _crf().inference(5.5), ValueError, r"niter must be an int in \[0, 1000\]"),
+    "niter a hang": (lambda: _crf().inference(10**9), ValueError, r"niter must be an int in \[0, 1000\]"),
     "Q shape": (lambda: _crf().stepInference(U[:, :29].copy(), None, None), ValueError,
                 r"Q must be of shape \(nlabels, nvar\) = \(3, 30\)"),
     "Q read-only": (lambda: _crf().stepInference(_read_only(U), None, None), ValueError, "Q must be writeable"),
@@ -563,3 +564,30 @@ BAD_CALLS = {
 def test_bad_input_raises(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("call", [lambda: _crf().setUnaryEnergy(U.astype(np.float64)),
+                                  lambda: _crf().addPairwiseEnergy(FEATURES.astype(np.float64), 3),
+                                  lambda: _crf().addPairwiseBilateral(80, 13, IMAGE.astype(np.float32), 10),
+                                  lambda: _crf().addPairwiseGaussian(3, np.ones(3))],
+                         ids=["unary", "features", "image", "compat"])
+def test_a_wrong_dtype_is_a_value_error_too(call):
+    """pydensecrf (Cython's buffer check) raises ValueError for a wrong
+    dtype, fastseg TypeError: ArrayDtypeError is both, for code written
+    against either."""
+    with pytest.raises(ValueError, match="must have dtype float32|must have dtype uint8") as raised:
+        call()
+    assert isinstance(raised.value, TypeError) and isinstance(raised.value, fd.ArrayDtypeError)
+
+
+def test_whole_floats_count_as_ints():
+    """pydensecrf takes DenseCRF2D(53.0, 37.0, 5) and inference(5.0)."""
+    unary = _softmax_unary(np.random.default_rng(16), labels=3, shape=(5, 6))
+
+    def run(w, h, labels, niter):
+        crf = fd.DenseCRF2D(w, h, labels)
+        crf.setUnaryEnergy(unary)
+        crf.addPairwiseGaussian(3, 3)
+        return crf.inference(niter)
+
+    np.testing.assert_array_equal(run(6.0, 5.0, 3.0, 4.0), run(6, 5, 3, 4))

@@ -533,9 +533,32 @@ ERRORS = [
                  id="image-none-zero-matrix"),
     pytest.param(dict(image=lambda x, im: im.to("meta")), ValueError,
                  r"image must be on the device of logits cpu, got meta", id="image-device"),
-    pytest.param(dict(iterations=-1), ValueError, r"iterations must be an int >= 0, got -1", id="iterations-negative"),
-    pytest.param(dict(iterations=2.0), ValueError, r"iterations must be an int >= 0, got 2.0", id="iterations-float"),
-    pytest.param(dict(iterations=True), ValueError, r"iterations must be an int >= 0, got True", id="iterations-bool"),
+    pytest.param(dict(iterations=-1), ValueError, r"iterations must be an int in \[0, 1000\], got -1",
+                 id="iterations-negative"),
+    pytest.param(dict(iterations=2.0), ValueError, r"iterations must be an int in \[0, 1000\], got 2.0",
+                 id="iterations-float"),
+    pytest.param(dict(iterations=True), ValueError, r"iterations must be an int in \[0, 1000\], got True",
+                 id="iterations-bool"),
+    pytest.param(dict(iterations=10**9), ValueError, r"iterations must be an int in \[0, 1000\], got 1000000000",
+                 id="iterations-a-hang"),
+    pytest.param(dict(probabilities="False"), TypeError, r"probabilities must be a bool, got 'False'",
+                 id="probabilities-string"),
+    pytest.param(dict(logits=lambda x, im: x.to("meta"), image=lambda x, im: im.to("meta")), ValueError,
+                 r"logits must be on a CPU or CUDA device, got meta", id="logits-meta"),
+    pytest.param(dict(image=lambda x, im: im.float().requires_grad_()), ValueError,
+                 r"image: gradients with respect to the image are not supported; pass image.detach\(\)",
+                 id="image-requires-grad"),
+    pytest.param(dict(image="image", bilateral_compat=0), TypeError, r"image must be a torch.Tensor, got str",
+                 id="image-string-kernel-off"),
+    pytest.param(dict(gaussian_sxy=1e-39), ValueError,
+                 r"spacing / gaussian_sxy = 1e\+39, 1e\+39 is beyond float32; use larger standard deviations",
+                 id="sxy-below-float32"),
+    pytest.param(dict(spacing=1e300, gaussian_sxy=1e-300), ValueError,
+                 r"spacing / gaussian_sxy = inf, inf is beyond float32", id="spacing-over-sxy-overflows"),
+    pytest.param(dict(bilateral_srgb=(13.0, 1e-39, 13.0)), ValueError,
+                 r"1 / bilateral_srgb = 0.07692, 1e\+39, 0.07692 is beyond float32", id="srgb-below-float32"),
+    pytest.param(dict(gaussian_sxy=10**400), ValueError, r"gaussian_sxy must be positive and finite",
+                 id="sxy-beyond-float"),
     pytest.param(dict(gaussian_sxy=(1.0, 2.0, 3.0)), ValueError,
                  r"gaussian_sxy must be one positive number or 2 of them, got \(1.0, 2.0, 3.0\)", id="sxy-3-of-2"),
     pytest.param(dict(gaussian_sxy=-1.0), ValueError, r"gaussian_sxy must be positive and finite, got -1.0",
@@ -561,13 +584,18 @@ ERRORS = [
     pytest.param(dict(bilateral_compat=torch.ones(3)), ValueError,
                  r"bilateral_compat must be a number or an \[L, L\] = \[3, 3\] matrix, got shape \(3,\)",
                  id="compat-vector"),
-    pytest.param(dict(bilateral_compat=torch.ones(3, 3, dtype=torch.long)), ValueError,
-                 r"bilateral_compat must hold finite floating-point values", id="compat-int-matrix"),
+    pytest.param(dict(bilateral_compat=torch.ones(3, 3, dtype=torch.long)), TypeError,
+                 r"bilateral_compat must hold float16, bfloat16, float32 or float64 values, got torch.int64",
+                 id="compat-int-matrix"),
+    pytest.param(dict(bilateral_compat=torch.ones(3, 3, device="meta")), ValueError,
+                 r"bilateral_compat must be on a CPU or CUDA device, got meta", id="compat-meta"),
     pytest.param(dict(gaussian_compat=torch.full((3, 3), float("nan"))), ValueError,
                  r"gaussian_compat must hold finite floating-point values", id="compat-nan-matrix"),
-    pytest.param(dict(bilateral_compat=float("nan")), TypeError,
+    pytest.param(dict(bilateral_compat=float("nan")), ValueError,
                  r"bilateral_compat must be a finite number \(Potts weight\) or an \[L, L\] tensor, got nan",
                  id="compat-nan"),
+    pytest.param(dict(gaussian_compat=10**400), ValueError, r"gaussian_compat must be a finite number",
+                 id="compat-beyond-float"),
     pytest.param(dict(gaussian_compat="3"), TypeError, r"gaussian_compat must be a finite number", id="compat-string"),
     pytest.param(dict(bilateral_srgb=1e-8), ValueError,
                  r"features reach .* standard deviations from 0, beyond the .* that the lattice's int32 keys resolve "
@@ -596,12 +624,38 @@ def test_module_invalid_arguments(gen):
         DenseCRF(0)
     with pytest.raises(ValueError, match=r"num_labels must be an int >= 1, got 2.0"):
         DenseCRF(2.0)
-    with pytest.raises(ValueError, match=r"iterations must be an int >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"iterations must be an int in \[0, 1000\], got -1"):
         DenseCRF(3, -1)
-    with pytest.raises(TypeError, match=r"bilateral_compat must be a finite number"):
+    with pytest.raises(ValueError, match=r"bilateral_compat must be a finite number"):
         DenseCRF(3, bilateral_compat=math.inf)
+    with pytest.raises(TypeError, match=r"probabilities must be a bool, got 1"):
+        DenseCRF(3, probabilities=1)
     with pytest.raises(ValueError, match=r"logits must have num_labels=4 channels, got shape \(1, 3, 6, 7\)"):
         DenseCRF(4)(logits, image)
+
+
+def test_module_keeps_a_compat_matrix_as_given(gen):
+    """A matrix starts the learnable compatibility as it is (a copy); a
+    Potts weight w as w (1 - I)."""
+    logits, image, _ = noisy_case(gen, (6, 7), labels=4)
+    matrix = torch.randn(4, 4, generator=gen)
+    crf = DenseCRF(4, 3, gaussian_compat=matrix, bilateral_compat=2.0)
+    assert torch.equal(crf.gaussian_compat.detach(), matrix) and crf.gaussian_compat.data_ptr() != matrix.data_ptr()
+    assert torch.equal(crf.bilateral_compat.detach(), 2.0 * (1 - torch.eye(4)))
+    with torch.no_grad():
+        expected = dense_crf(logits, image, 3, gaussian_compat=matrix, bilateral_compat=2.0 * (1 - torch.eye(4)))
+        assert torch.equal(crf(logits, image), expected)
+
+
+def test_too_many_corners_are_refused_before_the_features_are_made():
+    """B * N * (d+1) = 6 N >= 2^31 for a 2-D RGB image of N pixels: refused
+    from the shapes, before gigabytes of features (the inputs are
+    expanded: they take no memory)."""
+    height, width = 2**15, 2**31 // 6 // 2**15 + 1
+    logits = torch.zeros(1, 1, 1, 1).expand(1, 1, height, width)
+    image = torch.zeros(1, 3, 1, 1, dtype=torch.uint8).expand(1, 3, height, width)
+    with pytest.raises(ValueError, match=r"logits and image: B \* N \* \(d\+1\) = \d+ corners exceed the lattice's"):
+        dense_crf(logits, image, 1, backend="cpp")
 
 
 # --- the fused mean-field: cpp where no gradient is wanted -------------------------------------
@@ -689,13 +743,28 @@ def test_fused_op_rejects_an_unknown_score_kind(gen):
         _compiled_ops.dense_crf_mean_field(scores, "energy", *fields, compat, 1)
 
 
-def test_compile_fullgraph_traces_the_fused_op(gen, fresh_dynamo):
+@pytest.mark.parametrize("compat", ["potts", "matrix"])
+def test_compile_fullgraph_traces_the_fused_op(compat, gen, fresh_dynamo):
     """torch.compile(fullgraph=True) goes through the fused op (its fake
-    says the result is a label-major view) and matches eager mode."""
-    logits, image, params = fused_case(gen, 5, "potts", torch.float32)
+    says the result is a label-major view) and matches eager mode; the
+    compatibility matrices' checks do not break the graph."""
+    logits, image, params = fused_case(gen, 5, compat, torch.float32)
     eager = dense_crf(logits, image, 3, backend="cpp", **params)
     compiled = torch.compile(lambda l, i: dense_crf(l, i, 3, backend="cpp", **params), fullgraph=True)
     torch.testing.assert_close(compiled(logits, image), eager, rtol=0, atol=OUTPUT_TOL[torch.float32])
+
+
+@pytest.mark.parametrize("probabilities", [False, True], ids=["logits", "probabilities"])
+def test_compiled_fused_op_lets_nan_reach_the_output(probabilities, gen, fresh_dynamo):
+    """A compiled graph skips the finiteness checks (a data-dependent
+    branch), so NaN scores must reach the output, as in the reference,
+    not turn into finite probabilities."""
+    logits, image, params = fused_case(gen, 3, "potts", torch.float32)
+    scores = torch.softmax(logits, 1) if probabilities else logits.clone()
+    scores[0, 1, 4, 5] = float("nan")
+    compiled = torch.compile(lambda s, i: dense_crf(s, i, 2, probabilities=probabilities, backend="cpp", **params),
+                             fullgraph=True)
+    assert torch.isnan(compiled(scores, image)[0, :, 4, 5]).all()
 
 
 def test_portable_kernels_match_the_vector_ones(gen, tmp_path):

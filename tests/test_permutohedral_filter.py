@@ -22,6 +22,7 @@ from fastseg.ops import Lattice, permutohedral_filter, permutohedral_lattice
 from pool_helpers import on_devices
 
 reference = importlib.import_module("fastseg.reference.permutohedral_filter")  # the module, not its function
+ops_filter = importlib.import_module("fastseg.ops.permutohedral_filter")
 
 FILTER_BACKENDS = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "reference")}
 BACKENDS = on_devices(FILTER_BACKENDS)
@@ -446,6 +447,22 @@ def test_repeated_lattice_is_the_lattice_of_repeated_features(backend, dtype, d,
     for repeated, expected in zip(lattice.repeated(3).tensors, built.tensors, strict=True):
         assert repeated.dtype == expected.dtype and torch.equal(repeated, expected)
     assert lattice.repeated(1).tensors is lattice.tensors
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_lattice_refuses_features_that_overflowed(backend):
+    """Features the ops make themselves (dense_crf's: values over standard
+    deviations) are checked in the lattice op, NaN included, which every
+    range comparison would let through."""
+    for bad in (float("nan"), float("inf")):
+        flat = torch.tensor([[[0.0, 1.0], [bad, 2.0], [3.0, 0.5]]])
+        with pytest.raises(ValueError, match=r"features are not finite in float32 \(values over standard"):
+            ops_filter.build_lattice(flat, (3,), backend)
+
+
+def test_features_on_the_meta_device_are_refused():
+    with pytest.raises(ValueError, match=r"features must be on a CPU or CUDA device, got meta"):
+        permutohedral_filter(torch.zeros(1, 2, 4, 5, device="meta"), torch.zeros(1, 2, 4, 5, device="meta"))
 
 
 def test_repeated_lattice_refuses_int32_overflow(gen):

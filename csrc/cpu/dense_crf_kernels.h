@@ -48,7 +48,7 @@ inline void for_each_block(int count, const Body& body) {
 }
 
 // exp(-y) lane by lane, for y >= 0 (+inf included: the padding's energy,
-// a forbidden label's).
+// a forbidden label's; NaN, unchecked under torch.compile, stays NaN).
 // float: Cephes' expf (range reduction by ln 2 split in two parts, a
 // degree-6 polynomial, ~1 ulp), vectorised where std::exp would be called
 // once per lane. From y = 87 on it is 0: exp(-87) ~ 1.6e-38 is about the
@@ -72,7 +72,8 @@ __attribute__((always_inline)) inline typename Simd<scalar_t>::vec exp_negative(
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     // times 2^n, n in [-126, 0], added to the exponent bits
-    return (vec)(((ivec)p + (__builtin_convertvector(n, ivec) << 23)) & (ivec)inside);
+    const vec result = (vec)(((ivec)p + (__builtin_convertvector(n, ivec) << 23)) & (ivec)inside);
+    return y == y ? result : y;
   } else {
     vec out;
     for (int i = 0; i < Simd<scalar_t>::lanes; ++i) out[i] = std::exp(-y[i]);
@@ -437,7 +438,10 @@ void unary_rows(const MeanFieldArgs<scalar_t>& args, int64_t first, int64_t last
       const vec clip = S::broadcast(static_cast<scalar_t>(kProbabilityClip));
       for (int at = 0; at < width; at += S::lanes) {
         const vec x = S::load(row + at);
-        S::store(row + at, -log_positive<scalar_t>(x > clip ? x : clip));
+        // A NaN or +inf probability (unchecked under torch.compile) gets the
+        // unary -x, NaN or -inf as -log gives, so that it reaches the output.
+        const auto finite = x < S::broadcast(infinity);
+        S::store(row + at, finite ? -log_positive<scalar_t>(x > clip ? x : clip) : -x);
       }
     } else if (scores.kind == ScoreKind::kLogits) {
       // -log softmax = log sum exp(x - max) + max - x; padding lanes are -inf

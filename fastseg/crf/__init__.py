@@ -21,9 +21,12 @@ in the C++ backend's fused op (``fastseg.ops.dense_crf``'s) where every
 kernel is symmetrically normalised (the default). Everything is computed in
 float32, as pydensecrf does. Inputs are checked before anything runs: where
 pydensecrf asserts, reads out of bounds or computes on NaN, this raises a
-``TypeError`` or ``ValueError`` naming the argument. Arrays need the dtypes
-pydensecrf needs (float32; uint8 images) but, unlike there, may have any
-memory layout.
+``TypeError`` or ``ValueError`` naming the argument (an array of the wrong
+dtype: ``ArrayDtypeError``, both at once, as pydensecrf raises a
+``ValueError`` there). Arrays need the dtypes pydensecrf needs (float32;
+uint8 images) but, unlike there, may have any memory layout. Sizes and
+iteration counts may be floats holding whole numbers, as there; a unary
+energy may be +inf (a forbidden label).
 
 Kernel types (``CONST_KERNEL``, ``DIAG_KERNEL``, ``FULL_KERNEL``) only say
 which kernel parameters Krähenbühl's code would learn; they are accepted
@@ -38,7 +41,7 @@ import numpy as np
 import torch
 
 from .._checks import is_number
-from ..ops.dense_crf import fused_mean_field
+from ..ops.dense_crf import MAX_ITERATIONS, fused_mean_field
 from ..ops.permutohedral_filter import Lattice, permutohedral_lattice
 from ..reference.dense_crf import Filter, mean_field, mean_field_energy, symmetric_compat
 from ..reference.dense_crf import normalization as symmetric_normalization
@@ -63,9 +66,21 @@ CONST_KERNEL, DIAG_KERNEL, FULL_KERNEL = KernelType
 NO_NORMALIZATION, NORMALIZE_BEFORE, NORMALIZE_AFTER, NORMALIZE_SYMMETRIC = NormalizationType
 
 
-def _check_int(value, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+class ArrayDtypeError(TypeError, ValueError):
+    """An array of the wrong dtype: a TypeError, as fastseg raises for one,
+    and a ValueError, as pydensecrf (Cython's buffer check) raises, so that
+    code written against either catches it."""
+
+
+def _check_int(value, name: str, minimum: int, maximum: int | None = None) -> int:
+    """An int in [minimum, maximum], or a float holding one (pydensecrf
+    takes 5.0 where it wants 5): as an int."""
+    whole = isinstance(value, float) and value.is_integer()
+    if isinstance(value, bool) or not (isinstance(value, Integral) or whole) or value < minimum or (
+            maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an int {bounds}, got {value!r}")
+    return int(value)
 
 
 def _check_array(value, name: str, dtype, shape: tuple[int | None, ...], what: str, finite: bool = True) -> None:
@@ -74,7 +89,7 @@ def _check_array(value, name: str, dtype, shape: tuple[int | None, ...], what: s
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a numpy array {what}, got {type(value).__name__}")
     if value.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {value.dtype}")
+        raise ArrayDtypeError(f"{name} must have dtype {np.dtype(dtype)}, got {value.dtype}")
     if value.ndim != len(shape) or any(want not in (None, got) or got < 1 for want, got in zip(shape, value.shape)):
         raise ValueError(f"{name} must be {what}, got shape {value.shape}")
     if finite and value.dtype.kind == "f" and not np.isfinite(value).all():
@@ -199,9 +214,7 @@ class DenseCRF:
     pairwise terms come from feature vectors (``addPairwiseEnergy``)."""
 
     def __init__(self, nvar, nlabels):
-        _check_int(nvar, "nvar", 1)
-        _check_int(nlabels, "nlabels", 1)
-        self._nvar, self._nlabels = int(nvar), int(nlabels)
+        self._nvar, self._nlabels = _check_int(nvar, "nvar", 1), _check_int(nlabels, "nlabels", 1)
         self._unary = torch.zeros(1, self._nvar, self._nlabels)  # [1, N, M]: none set is a zero energy
         # (lattice, feature count, normalisation, [M, M] compat) of every kernel added
         self._pairwise: list[tuple[Lattice, int, NormalizationType, torch.Tensor]] = []
@@ -244,10 +257,10 @@ class DenseCRF:
 
     def inference(self, niter):
         """Q [nlabels, nvar] float32 after ``niter`` mean-field iterations."""
-        _check_int(niter, "niter", 0)
+        niter = _check_int(niter, "niter", 0, MAX_ITERATIONS)
         if self._fused_kernels is not None:
-            return _to_numpy(fused_mean_field(self._unary, "unary", self._fused_kernels, int(niter)))
-        return _to_numpy(mean_field(self._unary, self._kernels, int(niter)))
+            return _to_numpy(fused_mean_field(self._unary, "unary", self._fused_kernels, niter))
+        return _to_numpy(mean_field(self._unary, self._kernels, niter))
 
     def startInference(self):
         """(Q, tmp1, tmp2): Q [nlabels, nvar] = softmax(-unary), to advance
@@ -297,10 +310,8 @@ class DenseCRF2D(DenseCRF):
     pixel (x, y) is variable y * w + x."""
 
     def __init__(self, w, h, nlabels):
-        _check_int(w, "w", 1)
-        _check_int(h, "h", 1)
-        super().__init__(int(w) * int(h), nlabels)
-        self._w, self._h = int(w), int(h)
+        self._w, self._h = _check_int(w, "w", 1), _check_int(h, "h", 1)
+        super().__init__(self._w * self._h, nlabels)
 
     def addPairwiseGaussian(self, sxy, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC):
         """A smoothness kernel over positions: features (x / sx, y / sy),
@@ -341,6 +352,6 @@ def _to_numpy(q: torch.Tensor) -> np.ndarray:
     return q[0].T.contiguous().numpy()
 
 
-__all__ = ["CONST_KERNEL", "ConstUnary", "DIAG_KERNEL", "DenseCRF", "DenseCRF2D", "FULL_KERNEL", "KernelType",
+__all__ = ["ArrayDtypeError", "CONST_KERNEL", "ConstUnary", "DIAG_KERNEL", "DenseCRF", "DenseCRF2D", "FULL_KERNEL", "KernelType",
            "LogisticUnary", "NORMALIZE_AFTER", "NORMALIZE_BEFORE", "NORMALIZE_SYMMETRIC", "NO_NORMALIZATION",
            "NormalizationType", "Unary", "utils"]

@@ -31,22 +31,49 @@ from torch import Tensor, nn
 from .. import _backend, _compiled_ops
 from .._checks import FLOAT_DTYPES, is_number
 from .permutohedral_filter import BACKENDS as FILTER_BACKENDS
-from .permutohedral_filter import Lattice, build_lattice, check_finite, uncovered
+from .permutohedral_filter import Lattice, build_lattice, check_corner_count, check_finite, uncovered
 
 _reference = importlib.import_module("fastseg.reference.dense_crf")  # the module, not its function
 
 IMAGE_DTYPES = (torch.uint8, *FLOAT_DTYPES)
 
+# The fused op runs every iteration in C++, where Ctrl-C cannot stop it; mean
+# field settles in tens of iterations, so more than this is a mistake that
+# would look like a hang.
+MAX_ITERATIONS = 1000
 
-def _check_positive(value, name: str, count: int) -> None:
-    """A positive number, or ``count`` of them."""
+
+def _as_float(value) -> float:
+    """float(value), inf where it is beyond a float (10**400)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _check_positive(value, name: str, count: int) -> list[float]:
+    """A positive number, or ``count`` of them: the ``count`` as floats."""
     values = [value] if is_number(value) else value
     if not isinstance(values, (list, tuple, torch.Size)) or not all(is_number(v) for v in values):
         raise TypeError(f"{name} must be a positive number or a sequence of {count}, got {value!r}")
     if len(values) not in (1, count):
         raise ValueError(f"{name} must be one positive number or {count} of them, got {value!r}")
-    if not all(math.isfinite(v) and v > 0 for v in values):
+    floats = [_as_float(v) for v in values]
+    if not all(math.isfinite(v) and v > 0 for v in floats):
         raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    return floats * count if len(floats) == 1 else floats
+
+
+def _check_scale(numerators: list[float], deviations: list[float], what: str, dtype: torch.dtype) -> None:
+    """The features are numerators / deviations per axis or channel (spacing
+    / sxy, 1 / srgb) times positions or colours, in the compute dtype: a
+    deviation below its smallest normal number, or a factor beyond its
+    largest, turns them Inf or NaN."""
+    info = torch.finfo(dtype)
+    factors = [n / d for n, d in zip(numerators, deviations)]
+    if min(deviations) < info.tiny or max(factors) > info.max:
+        raise ValueError(f"{what} = {', '.join(f'{f:.4g}' for f in factors)} is beyond "
+                         f"{str(dtype).removeprefix('torch.')}; use larger standard deviations")
 
 
 def _check_compat(compat, name: str, labels: int) -> None:
@@ -54,15 +81,28 @@ def _check_compat(compat, name: str, labels: int) -> None:
         if compat.shape != (labels, labels):
             raise ValueError(f"{name} must be a number or an [L, L] = [{labels}, {labels}] matrix, "
                              f"got shape {tuple(compat.shape)}")
-        if not compat.is_floating_point() or not torch.isfinite(compat).all():
+        if compat.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must hold float16, bfloat16, float32 or float64 values, got {compat.dtype}")
+        if compat.device.type == "meta":
+            raise ValueError(f"{name} must be on a CPU or CUDA device, got meta")
+        if not torch.compiler.is_compiling() and not torch.isfinite(compat).all():
             raise ValueError(f"{name} must hold finite floating-point values")
-    elif not is_number(compat) or not math.isfinite(compat):
+    elif not is_number(compat):
         raise TypeError(f"{name} must be a finite number (Potts weight) or an [L, L] tensor, got {compat!r}")
+    elif not math.isfinite(_as_float(compat)):
+        raise ValueError(f"{name} must be a finite number (Potts weight) or an [L, L] tensor, got {compat!r}")
+
+
+def _check_iterations(iterations) -> None:
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or not 0 <= iterations <= MAX_ITERATIONS:
+        raise ValueError(f"iterations must be an int in [0, {MAX_ITERATIONS}], got {iterations!r}")
 
 
 def _check_inputs(logits, image, iterations, probabilities, kernel_params, spacing) -> None:
     if not isinstance(logits, Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.device.type == "meta":  # the lattice depends on the values
+        raise ValueError("logits must be on a CPU or CUDA device, got meta")
     if logits.dim() < 3:
         raise ValueError(f"logits must be [B, L, *spatial] with at least one spatial dimension, "
                          f"got shape {tuple(logits.shape)}")
@@ -73,24 +113,35 @@ def _check_inputs(logits, image, iterations, probabilities, kernel_params, spaci
         raise ValueError(f"logits must have at least one label, got shape {tuple(logits.shape)}")
     if math.prod(spatial) == 0:
         raise ValueError(f"logits must have at least one pixel per image, got shape {tuple(logits.shape)}")
+    if not isinstance(probabilities, bool):
+        raise TypeError(f"probabilities must be a bool, got {probabilities!r}")
     extremes = check_finite(logits, "logits")
     if probabilities and extremes is not None and (extremes[0] < 0 or extremes[1] > 1):
         raise ValueError("logits: with probabilities=True they must lie in [0, 1], got values in "
                          f"[{extremes[0]:.4g}, {extremes[1]:.4g}]")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
-    _check_positive(spacing, "spacing", len(spatial))
+    _check_iterations(iterations)
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32  # the features'
+    steps = _check_positive(spacing, "spacing", len(spatial))
+    if image is not None:
+        _check_image(image, logits)
     names = (("gaussian_sxy", None, "gaussian_compat"), ("bilateral_sxy", "bilateral_srgb", "bilateral_compat"))
+    features = 0  # the most any kernel has: its lattice is the largest
     for (sxy, srgb, compat), (sxy_name, srgb_name, compat_name) in zip(kernel_params, names):
         _check_compat(compat, compat_name, labels)
-        _check_positive(sxy, sxy_name, len(spatial))
-        if srgb_name is None or (not isinstance(compat, Tensor) and compat == 0):
+        _check_scale(steps, _check_positive(sxy, sxy_name, len(spatial)), f"spacing / {sxy_name}", dtype)
+        if not isinstance(compat, Tensor) and compat == 0:  # left out
+            continue
+        features = max(features, len(spatial))
+        if srgb_name is None:
             continue
         if image is None:
             raise ValueError("image is None, but the bilateral kernel needs it (set bilateral_compat=0 to leave "
                              "the kernel out)")
-        _check_image(image, logits)
-        _check_positive(srgb, srgb_name, image.shape[1])
+        channels = image.shape[1]
+        _check_scale([1.0] * channels, _check_positive(srgb, srgb_name, channels), f"1 / {srgb_name}", dtype)
+        features = len(spatial) + channels
+    if features:  # before any feature is made: at this size they take gigabytes
+        check_corner_count(batch, math.prod(spatial), features, "logits and image")
 
 
 def _check_image(image, logits: Tensor) -> None:
@@ -105,6 +156,9 @@ def _check_image(image, logits: Tensor) -> None:
         raise ValueError(f"image must have at least one channel, got shape {tuple(image.shape)}")
     if image.device != logits.device:
         raise ValueError(f"image must be on the device of logits {logits.device}, got {image.device}")
+    if image.requires_grad and torch.is_grad_enabled():
+        raise ValueError("image: gradients with respect to the image are not supported; pass image.detach() "
+                         "(gradients flow to the logits and the compatibilities)")
     if image.is_floating_point():
         check_finite(image, "image")
 
@@ -197,12 +251,21 @@ def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, prob
                                     lattice_filter, solve)
 
 
+def _initial_matrix(compat, labels: int) -> Tensor:
+    """A learnable compatibility's first value: a Potts weight w as the
+    matrix w (1 - I), a matrix as given (a copy, in float32 unless it is
+    float64)."""
+    if isinstance(compat, Tensor):
+        return compat.detach().to(torch.float64 if compat.dtype == torch.float64 else torch.float32, copy=True)
+    return compat * (1.0 - torch.eye(labels))
+
+
 class DenseCRF(nn.Module):
     """A dense CRF layer (CRF-as-RNN): ``forward(logits, image)`` returns
     label probabilities. Its two [L, L] compatibility matrices are
-    learnable parameters, initialised to the Potts weights
-    ``gaussian_compat`` and ``bilateral_compat`` (w (1 - I)); the other
-    arguments are ``dense_crf``'s."""
+    learnable parameters, initialised to ``gaussian_compat`` and
+    ``bilateral_compat``: a Potts weight w as w (1 - I), a matrix as given;
+    the other arguments are ``dense_crf``'s."""
 
     def __init__(self, num_labels: int, iterations: int = 5, *, gaussian_sxy=3.0, gaussian_compat: float = 3.0,
                  bilateral_sxy=80.0, bilateral_srgb=13.0, bilateral_compat: float = 10.0, spacing=1.0,
@@ -210,13 +273,13 @@ class DenseCRF(nn.Module):
         super().__init__()
         if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
             raise ValueError(f"num_labels must be an int >= 1, got {num_labels!r}")
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-            raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
+        _check_iterations(iterations)
+        if not isinstance(probabilities, bool):
+            raise TypeError(f"probabilities must be a bool, got {probabilities!r}")
         for name, weight in (("gaussian_compat", gaussian_compat), ("bilateral_compat", bilateral_compat)):
             _check_compat(weight, name, num_labels)
-        potts = 1.0 - torch.eye(num_labels)
-        self.gaussian_compat = nn.Parameter(gaussian_compat * potts)
-        self.bilateral_compat = nn.Parameter(bilateral_compat * potts)
+        self.gaussian_compat = nn.Parameter(_initial_matrix(gaussian_compat, num_labels))
+        self.bilateral_compat = nn.Parameter(_initial_matrix(bilateral_compat, num_labels))
         self.num_labels, self.iterations, self.probabilities, self.backend = (num_labels, iterations,
                                                                               probabilities, backend)
         self.gaussian_sxy, self.bilateral_sxy, self.bilateral_srgb, self.spacing = (gaussian_sxy, bilateral_sxy,

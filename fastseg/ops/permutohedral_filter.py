@@ -210,6 +210,9 @@ def lattice_dtype(flat: Tensor) -> torch.dtype:
     # one reduction without temporaries, a tenth of the exact norm's time,
     # settles every realistic input; the exact norm decides the rest.
     lowest, highest = (float(extreme) for extreme in torch.aminmax(flat))
+    if not (math.isfinite(lowest) and math.isfinite(highest)):  # made from finite inputs that overflowed
+        raise ValueError(f"features are not finite in {str(flat.dtype).removeprefix('torch.')} (values over "
+                         "standard deviations overflowed); use larger standard deviations")
     if reach * math.sqrt(d) * max(-lowest, highest) <= within:
         return flat.dtype
     longest = float(flat.double().square().sum(-1).max().sqrt())
@@ -248,6 +251,9 @@ def check_features(features: Tensor, batch: int | None = None, spatial_shape: tu
     if features.requires_grad and torch.is_grad_enabled():
         raise ValueError("features: gradients with respect to the features are not supported; pass "
                          "features.detach() (gradients flow to the values)")
+    if features.device.type == "meta":  # the lattice depends on the values
+        raise ValueError("features must be on a CPU or CUDA device, got meta")
+    check_corner_count(features.shape[0], math.prod(features.shape[2:]), features.shape[1])  # before any copy
     check_finite(features, "features")
 
 
@@ -260,12 +266,12 @@ def permutohedral_lattice(features: Tensor, *, backend: str | None = None) -> La
                          _backend.resolve_backend(BACKENDS, backend, features, uncovered=uncovered(features.shape[1])))
 
 
-def check_corner_count(images: int, pixels: int, d: int) -> None:
+def check_corner_count(images: int, pixels: int, d: int, name: str = "features") -> None:
     """A lattice of this many images of N pixels and d features numbers its
-    B * N * (d+1) corners in int32."""
+    B * N * (d+1) corners in int32; ``name``: what the user gave."""
     corners = images * pixels * (d + 1)
     if corners >= 2**31:
-        raise ValueError(f"features: B * N * (d+1) = {corners} corners exceed the lattice's int32 indices; "
+        raise ValueError(f"{name}: B * N * (d+1) = {corners} corners exceed the lattice's int32 indices; "
                          "filter fewer images or pixels at a time")
 
 

@@ -17,6 +17,7 @@ labels last, the layout the lattice filters in.
 """
 
 from collections.abc import Callable, Sequence
+from numbers import Real
 
 import torch
 
@@ -98,7 +99,7 @@ def solve_mean_field(scores: torch.Tensor, scores_are: str, kernels: Sequence[tu
 def per_axis(value, rank: int) -> list[float]:
     """A number for every axis from one number (or a sequence of one), or
     one per axis already."""
-    values = [value] if isinstance(value, (int, float)) else list(value)
+    values = [value] if isinstance(value, Real) else list(value)
     return [float(v) for v in (values * rank if len(values) == 1 else values)]
 
 
