@@ -19,16 +19,20 @@ Scores, one file per image:
               the input's values; the output keeps those values.
 
 Images: greyscale gives the bilateral kernel one colour channel, anything
-else RGB (alpha dropped, palettes expanded); 16-bit and float images keep
-their values, so give --bilateral-srgb in their units. Pixels are read as
-stored (EXIF orientation is not applied), as np.asarray(Image.open(path)).
+else RGB (alpha dropped, palettes expanded). 16-bit greyscale and float
+images keep their values, so give --bilateral-srgb in their units; colour
+is read at 8 bits per channel, as Pillow reads it: a PNG with 16 bits per
+channel loses its low byte (with a warning). Pixels are read as stored
+(EXIF orientation is not applied), as np.asarray(Image.open(path)).
 
 Runs are resumable: an image whose outputs all exist is skipped. Each
 output is written to a hidden temporary file and renamed into place, so a
 killed run leaves no half-written output (at most a hidden .tmp file). A bad
 input (unreadable, missing scores, size mismatch, NaN or out-of-range
-values) is reported in one line and the run goes on. Exit code 0 when
-nothing failed, 1 when some image failed, 2 for bad arguments.
+values, more than the memory holds) is reported in one line and the run
+goes on; scores files that no image reads are named in a warning. Exit
+code 0 when nothing failed, 1 when some image failed, 2 for bad arguments,
+130 when interrupted (Ctrl-C).
 """
 
 import argparse
@@ -56,6 +60,15 @@ WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 GREY_MODES = frozenset({"1", "L", "LA", "La"})
 LABEL_MODES = frozenset({"1", "L", "P", "I;16", "I;16L", "I;16B", "I;16N", "I"})
 PROBABILITY_DTYPES = ("float32", "float16")
+LARGEST_PNG_LABEL = int(np.iinfo(np.uint16).max)
+# read_array_header_1_0 and _2_0 are numpy's public header readers; version
+# 3.0 differs only in allowing UTF-8 field names, which no float array has.
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+# Running out of memory surfaces as MemoryError (numpy; a C++ std::bad_alloc
+# through pybind11), torch.OutOfMemoryError (CUDA), or a RuntimeError whose
+# message names PyTorch's CPU allocator or a C++ std::bad_alloc.
+OUT_OF_MEMORY_MESSAGES = ("DefaultCPUAllocator", "bad_alloc")
+UNMATCHED_SCORES_SHOWN = 5  # names listed in the warning about scores no image reads
 
 
 class UsageError(Exception):
@@ -101,7 +114,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     maps.add_argument("--channels-last", action="store_true", help="the arrays are [H, W, L], not [L, H, W]")
     labels = parser.add_argument_group("label images (.png)")
     labels.add_argument("--labels", type=_label_count, metavar="N",
-                        help="the scores are label PNGs with N labels (0..N-1, or 1..N with --zero-unsure)")
+                        help="the scores are label PNGs with N labels (0..N-1, or 1..N with --zero-unsure; at most "
+                        "what a 16-bit PNG holds)")
     labels.add_argument("--gt-prob", type=_probability, metavar="P",
                         help="probability of a pixel's given label (default 0.5, as pydensecrf's dense_inference "
                         "example)")
@@ -123,9 +137,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     crf.add_argument("--backend", choices=FILTER_BACKENDS.implemented,
                      help="lattice backend (default: the fastest available; FASTSEG_BACKEND overrides the default)")
     out = parser.add_argument_group("output")
-    out.add_argument("--save-probabilities", nargs="?", const="float32", choices=PROBABILITY_DTYPES,
-                     metavar="DTYPE", help="also write <stem>.npy, the refined probabilities in the layout of the "
-                     "scores: float32 (default) or float16")
+    # A flag, not an option with an optional value: that would take the next word, an IMAGES folder placed
+    # after it, for its value.
+    out.add_argument("--save-probabilities", action="store_true", help="also write <stem>.npy, the refined "
+                     "probabilities in the layout of the scores")
+    out.add_argument("--probabilities-dtype", choices=PROBABILITY_DTYPES, help="the dtype of those .npy files "
+                     "(default float32)")
 
 
 @dataclass(frozen=True)
@@ -142,24 +159,36 @@ class Job:
 
 
 def run(args: argparse.Namespace, device: str) -> int:
-    """Refine every image of ``args.images``; 0 when none failed, else 1."""
+    """Refine every image of ``args.images``; 0 when none failed, 1 when some did, 130 when interrupted."""
     _check_arguments(args, device)
     jobs = _plan(args)
-    args.output.mkdir(parents=True, exist_ok=True)
+    _warn_about_unmatched_scores(args, jobs)
+    _make_output_folder(args.output)
     written = skipped = failed = 0
-    for job in tqdm(jobs, desc="crf", unit="image", file=sys.stderr):
-        if len(job.images) == 1 and all(path.exists() for path in job.outputs):
-            skipped += 1
-            continue
-        try:
-            _refine(job, args, device)
-            written += 1
-        except FileError as error:
-            failed += 1
-            tqdm.write(f"failed {job.images[0].name}: {error}", file=sys.stderr)
+    try:
+        # Closed (the bar's last line drawn) before the interruption is reported.
+        with tqdm(jobs, desc="crf", unit="image", file=sys.stderr) as progress:
+            for job in progress:
+                if len(job.images) == 1 and all(path.exists() for path in job.outputs):
+                    skipped += 1
+                    continue
+                try:
+                    _refine(job, args, device)
+                    written += 1
+                except FileError as error:
+                    failed += 1
+                    tqdm.write(f"failed {job.images[0].name}: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        # Every output is complete or absent (see _write_atomically): a rerun goes on from here.
+        print(f"interrupted: {written} of {len(jobs)} written, {skipped} skipped, {failed} failed", file=sys.stderr)
+        return 130
     print(f"written {written}, skipped {skipped} (outputs already there), failed {failed}; "
           f"{len(jobs)} images, outputs in {args.output}")
     return 1 if failed else 0
+
+
+def _warn(message: str) -> None:
+    tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
 def _check_arguments(args: argparse.Namespace, device: str) -> None:
@@ -168,6 +197,12 @@ def _check_arguments(args: argparse.Namespace, device: str) -> None:
             raise UsageError("--gt-prob and --zero-unsure apply to label images: add --labels N")
     elif args.logits or args.channels_last:
         raise UsageError("--logits and --channels-last apply to .npy probability maps, not to --labels")
+    elif args.labels - 1 + args.zero_unsure > LARGEST_PNG_LABEL:
+        raise UsageError(f"--labels {args.labels}{' --zero-unsure' * args.zero_unsure}: label values up to "
+                         f"{args.labels - 1 + args.zero_unsure} do not fit a 16-bit PNG (at most "
+                         f"{LARGEST_PNG_LABEL + 1} labels, {LARGEST_PNG_LABEL} with --zero-unsure)")
+    if args.probabilities_dtype is not None and not args.save_probabilities:
+        raise UsageError("--probabilities-dtype applies to --save-probabilities: add it")
     for name in ("images", "scores"):
         if not getattr(args, name).is_dir():
             raise UsageError(f"{name} folder {str(getattr(args, name))!r} does not exist or is not a folder")
@@ -190,11 +225,13 @@ def _plan(args: argparse.Namespace) -> list[Job]:
     """One job per image stem, sorted; refuses outputs that are input files (through symlinks)."""
     by_stem: dict[str, list[Path]] = {}
     for path in sorted(args.images.iterdir()):
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file():
+        # A dangling link (path.exists() is False) too: reported as unreadable rather than skipped unseen.
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and (
+                path.is_file() or not path.exists()):
             by_stem.setdefault(path.stem, []).append(path)
     if not by_stem:
         raise UsageError(f"no images ({' '.join(IMAGE_SUFFIXES)}) in {str(args.images)!r}")
-    scores_suffix = ".npy" if args.labels is None else ".png"
+    scores_suffix = _scores_suffix(args)
     jobs = []
     for stem, images in by_stem.items():
         probabilities = args.output / f"{stem}.npy" if args.save_probabilities else None
@@ -209,16 +246,55 @@ def _plan(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
+def _scores_suffix(args: argparse.Namespace) -> str:
+    return ".npy" if args.labels is None else ".png"
+
+
+def _warn_about_unmatched_scores(args: argparse.Namespace, jobs: list[Job]) -> None:
+    """Name the scores files that no image reads: a misnamed image would otherwise go unnoticed."""
+    read = {job.scores.name for job in jobs}
+    unmatched = [path.name for path in sorted(args.scores.iterdir()) if path.suffix == _scores_suffix(args)
+                 and not path.name.startswith(".") and path.name not in read]
+    if unmatched:
+        shown = ", ".join(unmatched[:UNMATCHED_SCORES_SHOWN]) + ", ..." * (len(unmatched) > UNMATCHED_SCORES_SHOWN)
+        _warn(f"{len(unmatched)} file(s) in {str(args.scores)!r} match no image and are not read: {shown}")
+
+
+def _make_output_folder(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        # "File exists" or "Not a directory" where a file is in the way, as mkdir -p words it.
+        raise UsageError(f"cannot create the output folder {str(output)!r}: {error.strerror or _one_line(error)}"
+                         ) from None
+
+
 def _refine(job: Job, args: argparse.Namespace, device: str) -> None:
+    """Refine one image and write its outputs; a FileError says why that could not be done."""
     if len(job.images) > 1:
         raise FileError(f"{len(job.images)} images share the stem {job.stem!r} and would share its outputs: "
                         f"{', '.join(path.name for path in job.images)}")
+    try:
+        _refine_image(job, args, device)
+    except (MemoryError, RuntimeError) as error:
+        # Any step can run out (reading, the unary, the CRF, writing); other RuntimeErrors are bugs.
+        if not _out_of_memory(error):
+            raise
+        raise FileError(f"out of memory: {_one_line(error)}") from None
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or any(
+        text in str(error) for text in OUT_OF_MEMORY_MESSAGES)
+
+
+def _refine_image(job: Job, args: argparse.Namespace, device: str) -> None:
     image = _read_image(job.images[0])
     size = tuple(image.shape[1:])
     scores, probabilities, first_label = _read_scores(job.scores, size, args)
     # The PNG's width follows the label count, not the labels this image happens to use.
     top_label = scores.shape[0] - 1 + first_label
-    if top_label > np.iinfo(np.uint16).max:
+    if top_label > LARGEST_PNG_LABEL:
         raise FileError(f"{scores.shape[0]} labels do not fit a 16-bit PNG")
     try:
         refined = dense_crf(scores[None].to(device), torch.from_numpy(image)[None].to(device), args.iterations,
@@ -226,13 +302,14 @@ def _refine(job: Job, args: argparse.Namespace, device: str) -> None:
                             gaussian_compat=args.gaussian_compat, bilateral_sxy=args.bilateral_sxy,
                             bilateral_srgb=args.bilateral_srgb, bilateral_compat=args.bilateral_compat,
                             backend=args.backend)[0].cpu()
-    except torch.OutOfMemoryError as error:
-        raise FileError(f"out of memory on {device} ({scores.shape[0]} labels, {size[0]}x{size[1]} pixels): "
-                        f"{_one_line(error)}") from None
+    except ValueError as error:
+        # Inputs it cannot take: NaN in a float image, features (values over their standard deviations)
+        # beyond the lattice's range. The arguments themselves were checked on the command line.
+        raise FileError(f"the CRF refuses its inputs: {_one_line(error)}") from None
     dtype = np.uint8 if top_label <= np.iinfo(np.uint8).max else np.uint16
     label_map = Image.fromarray((refined.argmax(0).numpy() + first_label).astype(dtype))
     if job.probabilities is not None:
-        array = refined.numpy().astype(args.save_probabilities)
+        array = refined.numpy().astype(args.probabilities_dtype or "float32")
         array = array.transpose(1, 2, 0) if args.channels_last else array
         _write_atomically(job.probabilities, lambda handle: np.save(handle, array))
     # Last: an existing label PNG marks the image done when no other output is asked for.
@@ -258,11 +335,21 @@ def _read_image(path: Path) -> np.ndarray:
             if image.mode in WIDE_MODES:
                 array = np.asarray(image, dtype=np.float32)
             else:
+                if image.format == "PNG" and _png_bit_depth(path) == 16:
+                    _warn(f"{path.name} has 16 bits per channel: read at 8 (Pillow's limit for colour), so "
+                          "--bilateral-srgb is in 8-bit units for it")
                 array = np.asarray(image.convert("L" if image.mode in GREY_MODES else "RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise FileError(f"unreadable image: {_one_line(error)}") from None
     # A copy: Pillow's arrays are read-only, which torch.from_numpy warns about.
     return array.reshape(*array.shape[:2], -1).transpose(2, 0, 1).copy()
+
+
+def _png_bit_depth(path: Path) -> int:
+    """Bits per channel, from the IHDR chunk that starts every PNG (Pillow has checked it is there): after the
+    8-byte signature, its length, type, width and height (4 bytes each) come the bit depth's byte."""
+    with open(path, "rb") as handle:
+        return handle.read(25)[24]
 
 
 def _size_mismatch(path: Path, shape: tuple[int, ...], size: tuple[int, ...], expected: str) -> FileError:
@@ -271,31 +358,60 @@ def _size_mismatch(path: Path, shape: tuple[int, ...], size: tuple[int, ...], ex
 
 
 def _read_probability_map(path: Path, size: tuple[int, int], logits: bool, channels_last: bool) -> torch.Tensor:
-    """float32 [L, H, W] from a .npy file, checked against the image's (H, W)."""
+    """float32 [L, H, W] from a .npy file; its header is checked against the image's (H, W) and the file's
+    length before the data is read, so a corrupt header cannot make it allocate what it claims."""
     if not path.is_file():
         raise FileError(f"no scores file {path.name} in {str(path.parent)!r}")
     try:
         with open(path, "rb") as handle:
+            shape, dtype = _read_npy_header(handle)
+            _check_npy_layout(path, shape, dtype, size, channels_last)
+            _check_npy_length(handle, shape, dtype)
+            handle.seek(0)
             # read_array reads .npy only (np.load would also open .npz and pickles).
             array = np.lib.format.read_array(handle, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
         raise FileError(f"unreadable scores {path.name}: {_one_line(error)}") from None
-    if not np.issubdtype(array.dtype, np.floating):
-        raise FileError(f"scores {path.name} must be a float array, got {array.dtype}")
-    shape = array.shape
-    if channels_last and array.ndim == 3:
+    if channels_last:
         array = array.transpose(2, 0, 1)
-    if array.ndim != 3 or array.shape[1:] != size or array.shape[0] == 0:
-        if not channels_last and array.ndim == 3 and shape[:2] == size and shape[2] > 0:
-            raise FileError(f"scores {path.name} have shape {shape}: [H, W, L]? pass --channels-last")
-        raise _size_mismatch(path, shape, size, "[H, W, L]" if channels_last else "[L, H, W]")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, reported below
+        array = np.ascontiguousarray(array, dtype=np.float32)
     bad = int(np.count_nonzero(~np.isfinite(array)))
     if bad:
-        raise FileError(f"scores {path.name} hold {bad} NaN or Inf values")
+        raise FileError(f"scores {path.name} hold {bad} NaN or Inf values (as float32, the CRF's precision)")
     if not logits and (array.min() < 0 or array.max() > 1):
         raise FileError(f"scores {path.name} must be probabilities in [0, 1], got values in "
                         f"[{float(array.min()):.4g}, {float(array.max()):.4g}] (logits? pass --logits)")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return torch.from_numpy(array)
+
+
+def _read_npy_header(handle: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype of a .npy file, leaving ``handle`` at the start of its data."""
+    version = np.lib.format.read_magic(handle)
+    if version not in NPY_HEADER_READERS:
+        raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported (1.0 and 2.0 are)")
+    shape, _, dtype = NPY_HEADER_READERS[version](handle)
+    return shape, dtype
+
+
+def _check_npy_layout(path: Path, shape: tuple[int, ...], dtype: np.dtype, size: tuple[int, int],
+                      channels_last: bool) -> None:
+    if not np.issubdtype(dtype, np.floating):
+        raise FileError(f"scores {path.name} must be a float array, got {dtype}")
+    labels_first = (shape[2], *shape[:2]) if channels_last and len(shape) == 3 else shape
+    if len(labels_first) != 3 or labels_first[1:] != size or labels_first[0] < 1:
+        if not channels_last and len(shape) == 3 and shape[:2] == size and shape[2] > 0:
+            raise FileError(f"scores {path.name} have shape {shape}: [H, W, L]? pass --channels-last")
+        raise _size_mismatch(path, shape, size, "[H, W, L]" if channels_last else "[L, H, W]")
+
+
+def _check_npy_length(handle: BinaryIO, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Refuse a header that promises more data than the file holds (a corrupt or truncated file)."""
+    promised = math.prod(shape) * dtype.itemsize
+    held = os.fstat(handle.fileno()).st_size - handle.tell()
+    if promised > held:
+        raise ValueError(f"the header promises {shape} {dtype} ({promised} bytes), but the file holds {held} "
+                         "bytes of data")
 
 
 def _read_label_image(path: Path, size: tuple[int, int], labels: int, zero_unsure: bool) -> np.ndarray:

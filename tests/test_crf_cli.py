@@ -8,14 +8,17 @@ the labels back onto the colour edges.
 """
 
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fastseg import _crf_cli
 from fastseg.__main__ import main
 
 H, W = 40, 56
@@ -119,7 +122,9 @@ def test_logits_and_channels_last_give_the_same_labels(tmp_path):
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_save_probabilities(tmp_path, dtype):
     images, scores, _ = write_case(tmp_path, {"a": (H, W)})
-    assert crf(images, scores, tmp_path / "out", "--save-probabilities", dtype) == 0
+    # The flag takes no value: before the folders it leaves them for the positionals.
+    dtype_option = ["--probabilities-dtype", dtype] if dtype == "float16" else []
+    assert crf("--save-probabilities", images, scores, tmp_path / "out", *dtype_option) == 0
     refined = np.load(tmp_path / "out" / "a.npy")
     assert refined.shape == (3, H, W) and refined.dtype == dtype
     assert refined.min() >= 0
@@ -224,6 +229,91 @@ def test_bad_files_are_reported_and_the_rest_written(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "out")) == ["good1.png", "good2.png"]
 
 
+def write_float_image(path: Path, image: np.ndarray) -> None:
+    """A single-channel float32 TIFF (Pillow mode F) of the image's luminance."""
+    Image.fromarray(np.asarray(Image.fromarray(image).convert("L"), np.float32)).save(path)
+
+
+@pytest.mark.parametrize("nan_pixel, flags, reason, failing", [
+    (True, [], "image must be finite", ["a.tif"]),  # one float image holds NaN: the other is refined
+    (False, ["--bilateral-srgb", "1e-30"], "features reach", ["a.tif", "b.tif"]),  # beyond the lattice's range
+])
+def test_inputs_the_crf_refuses_are_reported(tmp_path, capsys, nan_pixel, flags, reason, failing):
+    images, scores, _ = write_case(tmp_path, {"a": (H, W), "b": (H, W)})
+    for stem in ("a", "b"):
+        image = np.asarray(Image.open(images / f"{stem}.png"))
+        (images / f"{stem}.png").unlink()
+        write_float_image(images / f"{stem}.tif", image)
+    if nan_pixel:
+        values = np.asarray(Image.open(images / "a.tif")).copy()
+        values[5, 9] = np.nan
+        Image.fromarray(values).save(images / "a.tif")
+    assert crf(images, scores, tmp_path / "out", *flags) == 1
+    failures = [line for line in capsys.readouterr().err.splitlines() if "failed " in line]
+    assert [line.split(":")[0] for line in failures] == [f"failed {name}" for name in failing]
+    assert all(f": the CRF refuses its inputs: {reason}" in line for line in failures), failures
+    assert sorted(os.listdir(tmp_path / "out")) == (["b.png"] if nan_pixel else [])
+
+
+@pytest.mark.parametrize("error", [MemoryError("Unable to allocate 71.3 TiB"), RuntimeError("std::bad_alloc"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                                                "allocate 140737488355328 bytes")])
+def test_out_of_memory_fails_that_image_only(tmp_path, capsys, monkeypatch, error):
+    images, scores, _ = write_case(tmp_path, {"a": (H, W), "b": (H, W)})
+    refine = _crf_cli.dense_crf
+
+    def out_of_memory_once(*args, **kwargs):
+        monkeypatch.setattr(_crf_cli, "dense_crf", refine)  # the next image gets the real CRF
+        raise error
+
+    monkeypatch.setattr(_crf_cli, "dense_crf", out_of_memory_once)
+    assert crf(images, scores, tmp_path / "out") == 1
+    assert f"failed a.png: out of memory: {error}" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "out") == ["b.png"]
+
+
+@pytest.mark.parametrize("error", [TypeError("a bug"), AttributeError("a bug"), RuntimeError("a bug")])
+def test_a_bug_is_not_taken_for_a_bad_file(tmp_path, monkeypatch, error):
+    images, scores, _ = write_case(tmp_path, {"a": (H, W)})
+
+    def buggy(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(_crf_cli, "dense_crf", buggy)
+    with pytest.raises(type(error), match="a bug"):
+        crf(images, scores, tmp_path / "out")
+
+
+def write_npy_header(path: Path, shape: tuple[int, ...], data: bytes) -> None:
+    """A .npy file whose header claims ``shape`` (float32) but holds only ``data``."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        handle.write(data)
+
+
+@pytest.mark.parametrize("shape, reason", [
+    ((10 ** 12, H, W), "the header promises (1000000000000, 40, 56) float32"),  # 8.9 PB: never allocated
+    ((3, H, W), "the header promises (3, 40, 56) float32"),  # truncated
+    ((3, H, W + 1), "have shape (3, 40, 57), but the image is 40x56"),  # checked before the data is read
+])
+def test_npy_header_is_checked_before_the_data_is_read(tmp_path, capsys, shape, reason):
+    images, scores, _ = write_case(tmp_path, {"a": (H, W), "b": (H, W)})
+    write_npy_header(scores / "a.npy", shape, np.load(scores / "a.npy")[:, :-1].tobytes())
+    assert crf(images, scores, tmp_path / "out") == 1
+    failures = [line for line in capsys.readouterr().err.splitlines() if "failed " in line]
+    assert len(failures) == 1 and failures[0].startswith("failed a.png: ") and reason in failures[0], failures
+    assert os.listdir(tmp_path / "out") == ["b.png"]
+
+
+def test_float64_logits_beyond_float32_are_reported(tmp_path, capsys):
+    images, scores, _ = write_case(tmp_path, {"a": (H, W)})
+    logits = np.log(np.load(scores / "a.npy")).astype(np.float64)
+    logits[0, 2, 3] = 1e300  # finite in float64, Inf in float32, the CRF's precision
+    np.save(scores / "a.npy", logits)
+    assert crf(images, scores, tmp_path / "out", "--logits") == 1
+    assert "failed a.png: scores a.npy hold 1 NaN or Inf values (as float32" in capsys.readouterr().err
+
+
 def test_labels_out_of_range_are_reported(tmp_path, capsys):
     images, _, truths = write_case(tmp_path, {"a": (H, W)})
     (tmp_path / "labels").mkdir()
@@ -272,9 +362,9 @@ def test_no_partial_file_after_a_failed_write(tmp_path, capsys, monkeypatch, int
     if isinstance(interruption, OSError):
         assert crf(images, scores, tmp_path / "out") == 1
         assert "failed a.png: cannot write a.png: [Errno 28] No space left on device" in capsys.readouterr().err
-    else:
-        with pytest.raises(KeyboardInterrupt):
-            crf(images, scores, tmp_path / "out")
+    else:  # Ctrl-C: one line, no traceback, and the shell's exit code for SIGINT
+        assert crf(images, scores, tmp_path / "out") == 130
+        assert capsys.readouterr().err.splitlines()[-1] == "interrupted: 0 of 1 written, 0 skipped, 0 failed"
     assert os.listdir(tmp_path / "out") == []
 
 
@@ -286,7 +376,11 @@ def test_no_partial_file_after_a_failed_write(tmp_path, capsys, monkeypatch, int
     (["--iterations", "-1"], "expected an integer >= 0"),
     (["--bilateral-sxy", "0"], "expected a positive number"),
     (["--gaussian-compat", "nan"], "expected a finite number"),
-    (["--save-probabilities", "float64"], "invalid choice"),
+    (["--labels", "65537"], "--labels 65537: label values up to 65536 do not fit a 16-bit PNG"),
+    (["--labels", "65536", "--zero-unsure"], "--labels 65536 --zero-unsure: label values up to 65536 do not fit"),
+    (["--save-probabilities", "--probabilities-dtype", "float64"], "invalid choice"),
+    (["--probabilities-dtype", "float16"], "--probabilities-dtype applies to --save-probabilities"),
+    (["--save-probabilities=float16"], "argument --save-probabilities: "),  # no longer takes the dtype
 ])
 def test_usage_errors(tmp_path, capsys, args, message):
     images, scores, _ = write_case(tmp_path, {"a": (H, W)})
@@ -305,10 +399,58 @@ def test_usage_errors_about_folders(tmp_path, capsys):
     assert "label PNGs need a folder of their own" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("output, reason", [("afile", "File exists"), ("afile/out", "Not a directory")])
+def test_usage_error_when_a_file_is_in_the_output_path(tmp_path, capsys, output, reason):
+    images, scores, _ = write_case(tmp_path, {"a": (H, W)})
+    (tmp_path / "afile").write_bytes(b"mine")
+    assert exit_code(images, scores, tmp_path / output) == 2
+    assert f"cannot create the output folder '{tmp_path / output}': {reason}" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_bytes() == b"mine"
+
+
+def test_a_broken_link_is_an_unreadable_image(tmp_path, capsys):
+    images, scores, _ = write_case(tmp_path, {"a": (H, W), "b": (H, W)})
+    (images / "b.png").unlink()
+    (images / "b.png").symlink_to(tmp_path / "nowhere.png")
+    assert crf(images, scores, tmp_path / "out") == 1
+    captured = capsys.readouterr()
+    assert "failed b.png: unreadable image: [Errno 2] No such file or directory" in captured.err
+    assert captured.out.startswith("written 1, skipped 0 (outputs already there), failed 1")
+
+
+def test_scores_without_an_image_are_warned_about(tmp_path, capsys):
+    images, scores, _ = write_case(tmp_path, {"a": (H, W), "b": (H, W), "c": (H, W)})
+    (images / "b.png").unlink()
+    (images / "c.png").unlink()
+    assert crf(images, scores, tmp_path / "out") == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warnings == [f"warning: 2 file(s) in {str(scores)!r} match no image and are not read: b.npy, c.npy"]
+
+
+def png_16_bit_rgb(image: np.ndarray) -> bytes:
+    """A PNG of [H, W, 3] uint16 at 16 bits per channel, which Pillow cannot write."""
+    height, width, _ = image.shape
+    rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in image)  # filter type 0 on every row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, colour type 2 (RGB)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_a_16_bit_colour_png_is_read_at_8_bits_with_a_warning(tmp_path, capsys):
+    images, scores, truths = write_case(tmp_path, {"a": (H, W)})
+    (images / "a.png").write_bytes(png_16_bit_rgb(np.asarray(Image.open(images / "a.png")).astype(np.uint16) * 257))
+    assert crf(images, scores, tmp_path / "out") == 0  # --bilateral-srgb in 8-bit units, as Pillow reads it
+    assert "warning: a.png has 16 bits per channel: read at 8 " in capsys.readouterr().err
+    assert_refined(labels_of(tmp_path / "out" / "a.png"), np.load(scores / "a.npy"), truths["a"])
+
+
 def test_help_from_a_fresh_process():
     done = subprocess.run([sys.executable, "-m", "fastseg", "crf", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    for text in ("IMAGES SCORES OUTPUT", "--labels N", "--zero-unsure", "--save-probabilities", "--channels-last",
-                 "--bilateral-srgb", "resumable"):
+    for text in ("IMAGES SCORES OUTPUT", "--labels N", "--zero-unsure", "--save-probabilities",
+                 "--probabilities-dtype", "--channels-last", "--bilateral-srgb", "resumable"):
         assert text in done.stdout
