@@ -47,21 +47,19 @@ inline void for_each_block(int count, const Body& body) {
   }
 }
 
-// exp(-y) lane by lane, for y >= 0 (+inf included: the padding's energy,
-// a forbidden label's; NaN, unchecked under torch.compile, stays NaN).
+// exp(-y) lane by lane, for y >= 0 (+inf included: the padding's energy).
 // float: Cephes' expf (range reduction by ln 2 split in two parts, a
 // degree-6 polynomial, ~1 ulp), vectorised where std::exp would be called
-// once per lane. From y = 87 on it is 0: exp(-87) ~ 1.6e-38 is about the
-// least normal float, and anything below is 0 to every sum it enters (and
-// a forbidden label's Q is exactly 0, as with std::exp).
+// once per lane. y is clamped to 87 first: exp(-87) ~ 1.6e-38 is about the
+// least normal float, and anything below is 0 to every sum it enters.
 // double: std::exp per lane, for the precision double is asked for.
 template <typename scalar_t>
 __attribute__((always_inline)) inline typename Simd<scalar_t>::vec exp_negative(typename Simd<scalar_t>::vec y) {
   using vec = typename Simd<scalar_t>::vec;
   if constexpr (std::is_same_v<scalar_t, float>) {
     typedef int32_t ivec __attribute__((vector_size(kVectorBytes)));
-    const auto inside = y < Simd<float>::broadcast(87.0f);  // lanes of all ones where true
-    const vec x = -(inside ? y : vec{});
+    const vec limit = Simd<float>::broadcast(87.0f);
+    const vec x = -(y < limit ? y : limit);
     const vec n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2): 1.5 * 2^23 trick
     const vec r = x - n * 0.693359375f + n * 2.12194440e-4f;
     vec p = Simd<float>::broadcast(1.9875691500e-4f);
@@ -72,8 +70,7 @@ __attribute__((always_inline)) inline typename Simd<scalar_t>::vec exp_negative(
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     // times 2^n, n in [-126, 0], added to the exponent bits
-    const vec result = (vec)(((ivec)p + (__builtin_convertvector(n, ivec) << 23)) & (ivec)inside);
-    return y == y ? result : y;
+    return (vec)((ivec)p + (__builtin_convertvector(n, ivec) << 23));
   } else {
     vec out;
     for (int i = 0; i < Simd<scalar_t>::lanes; ++i) out[i] = std::exp(-y[i]);
@@ -438,10 +435,7 @@ void unary_rows(const MeanFieldArgs<scalar_t>& args, int64_t first, int64_t last
       const vec clip = S::broadcast(static_cast<scalar_t>(kProbabilityClip));
       for (int at = 0; at < width; at += S::lanes) {
         const vec x = S::load(row + at);
-        // A NaN or +inf probability (unchecked under torch.compile) gets the
-        // unary -x, NaN or -inf as -log gives, so that it reaches the output.
-        const auto finite = x < S::broadcast(infinity);
-        S::store(row + at, finite ? -log_positive<scalar_t>(x > clip ? x : clip) : -x);
+        S::store(row + at, -log_positive<scalar_t>(x > clip ? x : clip));
       }
     } else if (scores.kind == ScoreKind::kLogits) {
       // -log softmax = log sum exp(x - max) + max - x; padding lanes are -inf

@@ -282,9 +282,10 @@ class DenseCRF:
         sum Q log Q + sum Q (unary + pairwise messages)."""
         self._check_marginals(Q)
         q = _from_numpy(Q)
-        # 1e-20 keeps 0 log 0 at 0, as his code does; a label that Q gives no
-        # mass adds nothing, also where its energy is +inf (his code: NaN).
-        terms = torch.where(q > 0, q * (torch.log(q.clamp(min=1e-20)) + self._energy(q)), 0)
+        # 1e-20 keeps 0 log 0 at 0, as his code does; a forbidden label (+inf
+        # energy, Q at most the float floor there) adds nothing (his code: NaN).
+        energy = self._energy(q)
+        terms = torch.where(torch.isposinf(energy), 0, q * (torch.log(q.clamp(min=1e-20)) + energy))
         return float(terms.double().sum())
 
     @property

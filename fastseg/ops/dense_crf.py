@@ -206,7 +206,15 @@ def fused_mean_field(scores: Tensor, scores_are: str, kernels: list[tuple[Lattic
     [B, L, N] memory."""
     fields = [list(field) for field in zip(*(lattice.tensors for lattice, _ in kernels))] or [[]] * 5
     compat_tensors = [torch.as_tensor(c, dtype=scores.dtype).contiguous() for _, c in kernels]
-    return _mean_field_op(scores, scores_are, *fields, compat_tensors, iterations)
+    q = _mean_field_op(scores, scores_are, *fields, compat_tensors, iterations)
+    if torch.compiler.is_compiling():
+        # A compiled graph skips the eager checks, and the op's softmax would
+        # turn NaN scores into finite probabilities: let them reach the
+        # output instead, as through the reference (+inf is a unary's
+        # forbidden label).
+        usable = ~torch.isnan(scores) & (scores != -math.inf if scores_are == "unary" else torch.isfinite(scores))
+        q = torch.where(usable.all(), q, math.nan)
+    return q
 
 
 def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, probabilities: bool = False,
