@@ -630,6 +630,10 @@ def test_module_invalid_arguments(gen):
         DenseCRF(3, bilateral_compat=math.inf)
     with pytest.raises(TypeError, match=r"probabilities must be a bool, got 1"):
         DenseCRF(3, probabilities=1)
+    with pytest.raises(ValueError, match=r"bilateral_srgb must be positive and finite, got \(13, 0, 13\)"):
+        DenseCRF(3, bilateral_srgb=(13, 0, 13))
+    with pytest.raises(TypeError, match=r"spacing must be a positive number or a sequence of 1, got '1'"):
+        DenseCRF(3, spacing="1")
     with pytest.raises(ValueError, match=r"logits must have num_labels=4 channels, got shape \(1, 3, 6, 7\)"):
         DenseCRF(4)(logits, image)
 

@@ -286,6 +286,10 @@ class DenseCRF(nn.Module):
             raise TypeError(f"probabilities must be a bool, got {probabilities!r}")
         for name, weight in (("gaussian_compat", gaussian_compat), ("bilateral_compat", bilateral_compat)):
             _check_compat(weight, name, num_labels)
+        # Their counts (per axis, per channel) are checked against the inputs when called.
+        for name, value in (("gaussian_sxy", gaussian_sxy), ("bilateral_sxy", bilateral_sxy),
+                            ("bilateral_srgb", bilateral_srgb), ("spacing", spacing)):
+            _check_positive(value, name, len(value) if isinstance(value, (list, tuple)) else 1)
         self.gaussian_compat = nn.Parameter(_initial_matrix(gaussian_compat, num_labels))
         self.bilateral_compat = nn.Parameter(_initial_matrix(bilateral_compat, num_labels))
         self.num_labels, self.iterations, self.probabilities, self.backend = (num_labels, iterations,
