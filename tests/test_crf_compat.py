@@ -508,6 +508,8 @@ BAD_CALLS = {
     "sxy tiny": (lambda: _crf().addPairwiseGaussian(1e-12, 3), ValueError, "features reach"),
     "compat NaN": (lambda: _crf().addPairwiseGaussian(3, float("nan")), ValueError, "compat must be finite"),
     "compat string": (lambda: _crf().addPairwiseGaussian(3, "3"), TypeError, "compat must be a number"),
+    "compat overflows": (lambda: _crf().addPairwiseGaussian(3, 1e38), ValueError,
+                         r"compat: a compatibility of 1e\+38 times the lattice's scale at d=2 .* overflows float32"),
     "compat 3-D": (lambda: _crf().addPairwiseGaussian(3, np.ones((3, 3, 3), np.float32)), TypeError,
                    r"compat must be a number.*got ndarray of shape \(3, 3, 3\)"),
     "compat float64": (lambda: _crf().addPairwiseGaussian(3, np.ones(3)), TypeError,

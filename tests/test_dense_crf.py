@@ -596,6 +596,12 @@ ERRORS = [
                  id="compat-nan"),
     pytest.param(dict(gaussian_compat=10**400), ValueError, r"gaussian_compat must be a finite number",
                  id="compat-beyond-float"),
+    pytest.param(dict(gaussian_compat=1e38), ValueError,
+                 r"gaussian_compat: a compatibility of 1e\+38 times the lattice's scale at d=2 \(7.255\) overflows "
+                 r"float32; keep it within 4.69e\+37", id="compat-overflows-with-the-scale"),
+    pytest.param(dict(bilateral_compat=torch.full((3, 3), -1e37)), ValueError,
+                 r"bilateral_compat: a compatibility of 1e\+37 times the lattice's scale at d=5 \(87.96\) overflows",
+                 id="compat-matrix-overflows-with-the-scale"),
     pytest.param(dict(gaussian_compat="3"), TypeError, r"gaussian_compat must be a finite number", id="compat-string"),
     pytest.param(dict(bilateral_srgb=1e-8), ValueError,
                  r"features reach .* standard deviations from 0, beyond the .* that the lattice's int32 keys resolve "

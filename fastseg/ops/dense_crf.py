@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from .. import _backend, _compiled_ops
 from .._checks import FLOAT_DTYPES, is_number
+from ..reference.permutohedral_filter import lattice_scale
 from .permutohedral_filter import BACKENDS as FILTER_BACKENDS
 from .permutohedral_filter import Lattice, build_lattice, check_corner_count, check_finite, uncovered
 
@@ -93,6 +94,23 @@ def _check_compat(compat, name: str, labels: int) -> None:
         raise ValueError(f"{name} must be a finite number (Potts weight) or an [L, L] tensor, got {compat!r}")
 
 
+def check_compat_scale(compat, name: str, d: int, dtype: torch.dtype) -> None:
+    """A kernel's messages are its compatibility times the filter, which
+    scales the lattice's blur by lattice_scale(d) (the fused op folds the
+    two together): their product must stay within the compute dtype."""
+    if isinstance(compat, Tensor):
+        if torch.compiler.is_compiling():  # a data-dependent check (check_finite)
+            return
+        largest = float(compat.detach().abs().max())
+    else:
+        largest = abs(_as_float(compat))
+    limit = torch.finfo(dtype).max / lattice_scale(d)
+    if largest > limit:
+        raise ValueError(f"{name}: a compatibility of {largest:.4g} times the lattice's scale at d={d} "
+                         f"({lattice_scale(d):.4g}) overflows {str(dtype).removeprefix('torch.')}; keep it within "
+                         f"{limit:.4g}")
+
+
 def _check_iterations(iterations) -> None:
     if isinstance(iterations, bool) or not isinstance(iterations, int) or not 0 <= iterations <= MAX_ITERATIONS:
         raise ValueError(f"iterations must be an int in [0, {MAX_ITERATIONS}], got {iterations!r}")
@@ -133,6 +151,7 @@ def _check_inputs(logits, image, iterations, probabilities, kernel_params, spaci
             continue
         features = max(features, len(spatial))
         if srgb_name is None:
+            check_compat_scale(compat, compat_name, features, dtype)
             continue
         if image is None:
             raise ValueError("image is None, but the bilateral kernel needs it (set bilateral_compat=0 to leave "
@@ -140,6 +159,7 @@ def _check_inputs(logits, image, iterations, probabilities, kernel_params, spaci
         channels = image.shape[1]
         _check_scale([1.0] * channels, _check_positive(srgb, srgb_name, channels), f"1 / {srgb_name}", dtype)
         features = len(spatial) + channels
+        check_compat_scale(compat, compat_name, features, dtype)
     if features:  # before any feature is made: at this size they take gigabytes
         check_corner_count(batch, math.prod(spatial), features, "logits and image")
 
