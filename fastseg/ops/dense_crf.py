@@ -143,25 +143,24 @@ def _check_inputs(logits, image, iterations, probabilities, kernel_params, spaci
     if image is not None:
         _check_image(image, logits)
     names = (("gaussian_sxy", None, "gaussian_compat"), ("bilateral_sxy", "bilateral_srgb", "bilateral_compat"))
-    features = 0  # the most any kernel has: its lattice is the largest
+    most_features = 0  # of the kernels left in: the largest lattice
     for (sxy, srgb, compat), (sxy_name, srgb_name, compat_name) in zip(kernel_params, names):
         _check_compat(compat, compat_name, labels)
         _check_scale(steps, _check_positive(sxy, sxy_name, len(spatial)), f"spacing / {sxy_name}", dtype)
         if not isinstance(compat, Tensor) and compat == 0:  # left out
             continue
-        features = max(features, len(spatial))
-        if srgb_name is None:
-            check_compat_scale(compat, compat_name, features, dtype)
-            continue
-        if image is None:
-            raise ValueError("image is None, but the bilateral kernel needs it (set bilateral_compat=0 to leave "
-                             "the kernel out)")
-        channels = image.shape[1]
-        _check_scale([1.0] * channels, _check_positive(srgb, srgb_name, channels), f"1 / {srgb_name}", dtype)
-        features = len(spatial) + channels
+        features = len(spatial)
+        if srgb_name is not None:
+            if image is None:
+                raise ValueError("image is None, but the bilateral kernel needs it (set bilateral_compat=0 to "
+                                 "leave the kernel out)")
+            channels = image.shape[1]
+            _check_scale([1.0] * channels, _check_positive(srgb, srgb_name, channels), f"1 / {srgb_name}", dtype)
+            features += channels
         check_compat_scale(compat, compat_name, features, dtype)
-    if features:  # before any feature is made: at this size they take gigabytes
-        check_corner_count(batch, math.prod(spatial), features, "logits and image")
+        most_features = max(most_features, features)
+    if most_features:  # before any feature is made: at this size they take gigabytes
+        check_corner_count(batch, math.prod(spatial), most_features, "logits and image")
 
 
 def _check_image(image, logits: Tensor) -> None:
