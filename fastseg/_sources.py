@@ -28,7 +28,29 @@ def extension_sources(root: str, with_cuda: bool) -> list[str]:
     if with_cuda:
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cpp")))
         sources += sorted(glob.glob(os.path.join(csrc, "cuda", "*.cu")))
+    check_object_names(root, sources)
     return sources
+
+
+def check_object_names(root: str, sources: list[str]) -> None:
+    """Raise where two sources would compile to one object file, which
+    ninja refuses ("multiple rules generate"). torch's two builds name the
+    objects differently: setup.py's by the source's path less its
+    extension (so a.cpp and a.cu side by side collide), the JIT build by
+    the file name alone, with ``.cuda.o`` for a .cu (so cpu/a.cpp and
+    cuda/a.cpp collide). Only a CUDA build compiles csrc/cuda, so only a
+    GPU machine would otherwise find out."""
+    for build, object_name in (
+            ("setup.py", lambda path: os.path.splitext(os.path.relpath(path, root))[0] + ".o"),
+            ("JIT", lambda path: os.path.splitext(os.path.basename(path))[0]
+             + (".cuda.o" if path.endswith(".cu") else ".o"))):
+        seen: dict[str, str] = {}
+        for path in sources:
+            name = object_name(path)
+            if name in seen:
+                raise RuntimeError(f"{os.path.relpath(seen[name], root)} and {os.path.relpath(path, root)} would "
+                                   f"both compile to {name} in the {build} build: rename one")
+            seen[name] = path
 
 
 def source_hash(root: str) -> str:

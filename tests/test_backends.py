@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import fastseg
-from fastseg import BackendUnavailable
+from fastseg import BackendUnavailable, _sources
 from fastseg.ops import max_pool2d_with_indices, max_unpool2d
 
 # fastseg.ops.max_unpool2d is the function; the modules hold the BACKENDS tables.
@@ -95,6 +95,23 @@ def test_cpp_extension_is_built_here():
     """The C++ CPU code is built and tested everywhere (DESIGN)."""
     status = fastseg.backends()["backends"]["cpp"]["cpu"]
     assert status["available"], status["reason"]
+
+
+def test_cuda_build_names_every_object_apart():
+    """The CUDA build (sources in csrc/cuda too) gives every source an object
+    file of its own under both of torch's naming schemes; CI builds only the
+    CPU sources, so a clash would otherwise first fail on a GPU machine."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sources = _sources.extension_sources(root, with_cuda=True)
+    assert any(path.endswith(".cu") for path in sources)
+
+
+@pytest.mark.parametrize("names, build", [(["cuda/a.cpp", "cuda/a.cu"], "setup.py"),
+                                          (["cpu/a.cpp", "cuda/a.cpp"], "JIT")])
+def test_object_name_clash_is_refused(names, build, tmp_path):
+    sources = [str(tmp_path / name) for name in names]
+    with pytest.raises(RuntimeError, match=f"{names[0]} and {names[1]} would both compile to .* in the {build} build"):
+        _sources.check_object_names(str(tmp_path), sources)
 
 
 @pytest.mark.cuda
