@@ -157,6 +157,25 @@ def test_apply_bitwise_equal_to_cpu(d, dtype, reverse, gen):
     assert torch.equal(got, expected), f"max difference {float((got - expected).abs().max()):.3g}"
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_apply_heavy_vertices(dtype, gen):
+    """Vertices with more corners than one thread sums alone (HEAVY_CORNERS
+    in the .cu), as a flat region under a wide bilateral kernel makes, here
+    beside light ones: a block sums each in a fixed tree, the same on every
+    run and equal to the CPU's sequential sum within rounding."""
+    flat_region = 1e-3 * torch.rand(1, 2, 40, 25, generator=gen, dtype=torch.float64)  # ~1000 pixels per vertex
+    spread = 20 * torch.rand(1, 2, 40, 25, generator=gen, dtype=torch.float64)
+    lattice = lattice_of(torch.cat([flat_region, spread], 3).to(dtype), "cpu")
+    corners_per_vertex = lattice.vertex_start.diff()
+    assert corners_per_vertex.max() > 256 and corners_per_vertex.min() < 256
+    values = flat(torch.randn(1, 21, 40, 50, generator=gen, dtype=torch.float64).to(dtype))
+    on_gpu = LatticeTensors(*(t.cuda() for t in lattice))
+    assert_lattices_equal(lattice_of(torch.cat([flat_region, spread], 3).to(dtype), "cuda"), lattice)
+    got = apply(values.cuda(), on_gpu)
+    assert torch.equal(got, apply(values.cuda(), on_gpu))
+    assert_close_rel(got, apply(values, lattice), dtype)
+
+
 def test_apply_empty_channels(gen):
     lattice = lattice_of(random_features(2, 3, torch.float32, gen), "cuda")
     out = apply(torch.empty(2, HEIGHT * WIDTH, 0, device="cuda"), lattice)

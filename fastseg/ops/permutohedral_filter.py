@@ -178,6 +178,13 @@ class Lattice:
         return out.contiguous(memory_format=memory_format_of(values))
 
 
+def _extremes(t: Tensor) -> tuple[float, float]:
+    """t's (min, max), in one copy to the host: one synchronisation on a GPU,
+    where a float() of each would make two."""
+    lowest, highest = torch.stack(torch.aminmax(t.detach())).tolist()
+    return lowest, highest
+
+
 def check_finite(t: Tensor, name: str) -> tuple[float, float] | None:
     """A data-dependent check: made in eager mode; a compiled graph lets NaN
     and Inf through (they reach the output) rather than break the graph.
@@ -186,7 +193,7 @@ def check_finite(t: Tensor, name: str) -> tuple[float, float] | None:
     would cost a pass of its own, and ten times the time)."""
     if torch.compiler.is_compiling() or t.numel() == 0:
         return None
-    lowest, highest = (float(extreme) for extreme in torch.aminmax(t.detach()))
+    lowest, highest = _extremes(t)
     if not (math.isfinite(lowest) and math.isfinite(highest)):
         raise ValueError(f"{name} must be finite; it holds {int((~torch.isfinite(t)).sum())} NaN or Inf entries")
     return lowest, highest
@@ -209,7 +216,7 @@ def lattice_dtype(flat: Tensor) -> torch.dtype:
     # No feature vector is longer than sqrt(d) times the largest |feature|:
     # one reduction without temporaries, a tenth of the exact norm's time,
     # settles every realistic input; the exact norm decides the rest.
-    lowest, highest = (float(extreme) for extreme in torch.aminmax(flat))
+    lowest, highest = _extremes(flat)
     if not (math.isfinite(lowest) and math.isfinite(highest)):  # made from finite inputs that overflowed
         raise ValueError(f"features are not finite in {str(flat.dtype).removeprefix('torch.')} (values over "
                          "standard deviations overflowed); use larger standard deviations")
