@@ -1,8 +1,10 @@
 """Input validation shared by every op: run before any kernel, raise a
 ``TypeError``/``ValueError`` that names the argument and what was expected."""
 
+import math
 from numbers import Real
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -40,3 +42,34 @@ def int_pair(value, name: str, minimum: int) -> tuple[int, int]:
 def is_number(value) -> bool:
     """A real number that is not a bool (True is an int to Python)."""
     return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def as_float(value) -> float:
+    """float(value), inf where it is beyond a float (10**400)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def positive_numbers(value, name: str, count: int, *, one_for_all: bool = False) -> list[float]:
+    """``count`` positive, finite floats (standard deviations, spacings), from
+    one number for all of them or a sequence of ``count`` (a list, tuple,
+    torch.Size or 1-D numpy array); where ``one_for_all``, a sequence of
+    one number also serves them all."""
+    if is_number(value):
+        values = [value] * count
+    else:
+        sequence = isinstance(value, (list, tuple, torch.Size)) or (isinstance(value, np.ndarray) and value.ndim == 1)
+        if not sequence or not all(is_number(v) for v in value):
+            raise TypeError(f"{name} must be a positive number or a sequence of {count}, got {value!r}")
+        if len(value) == 1 and one_for_all:
+            values = list(value) * count
+        elif len(value) == count:
+            values = list(value)
+        else:
+            raise ValueError(f"{name} must be one positive number or {count} of them, got {value!r}")
+    floats = [as_float(v) for v in values]
+    if not all(math.isfinite(v) and v > 0 for v in floats):
+        raise ValueError(f"{name} must be positive and finite, got {value!r}")
+    return floats

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -643,6 +644,19 @@ def test_module_invalid_arguments(gen):
     with pytest.raises(ValueError, match=r"logits must have num_labels=4 channels, got shape \(1, 3, 6, 7\)"):
         DenseCRF(4)(logits, image)
 
+    with pytest.raises(ValueError, match=r"spacing must be positive and finite, got array\(\[ 1., -2.\]\)"):
+        DenseCRF(3, spacing=np.array([1.0, -2.0]))
+
+
+def test_deviations_as_numpy_and_size(gen):
+    """Standard deviations and spacings from a numpy array or a torch.Size
+    act as the tuple of the same numbers."""
+    logits, image, _ = noisy_case(gen, (6, 7))
+    expected = dense_crf(logits, image, 2, bilateral_srgb=(13.0, 11.0, 9.0), spacing=(1.0, 2.0))
+    got = dense_crf(logits, image, 2, bilateral_srgb=np.array([13.0, 11.0, 9.0]), spacing=torch.Size([1, 2]))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    module = DenseCRF(logits.shape[1], 2, bilateral_srgb=np.array([13.0, 11.0, 9.0]), spacing=np.array([1.0, 2.0]))
+    torch.testing.assert_close(module(logits, image), expected)  # a learnable matrix: the unfused path
 
 def test_module_keeps_a_compat_matrix_as_given(gen):
     """A matrix starts the learnable compatibility as it is (a copy); a

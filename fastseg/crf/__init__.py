@@ -40,7 +40,7 @@ from numbers import Integral
 import numpy as np
 import torch
 
-from .._checks import is_number
+from .._checks import is_number, positive_numbers
 from ..ops.dense_crf import MAX_ITERATIONS, check_compat_scale, fused_mean_field
 from ..ops.permutohedral_filter import Lattice, permutohedral_lattice
 from ..reference.dense_crf import Filter, mean_field, mean_field_energy, symmetric_compat
@@ -107,17 +107,6 @@ def _check_unary(energy: np.ndarray) -> None:
     if impossible.any():
         raise ValueError(f"u: the unary energy is +inf for every label at {int(impossible.sum())} variable(s), "
                          f"the first {int(impossible.argmax())}: each needs a label it allows")
-
-
-def _per_axis(value, name: str, count: int) -> tuple[float, ...]:
-    """A positive standard deviation for each of ``count`` features, from
-    one number or ``count`` of them."""
-    values = [value] * count if is_number(value) else value
-    if not isinstance(values, (list, tuple, np.ndarray)) or len(values) != count or not all(map(is_number, values)):
-        raise TypeError(f"{name} must be a positive number or a sequence of {count}, got {value!r}")
-    if not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"{name} must be positive and finite, got {value!r}")
-    return tuple(float(v) for v in values)
 
 
 def _enum_member(value, enum_type, name: str):
@@ -319,7 +308,7 @@ class DenseCRF2D(DenseCRF):
         """A smoothness kernel over positions: features (x / sx, y / sy),
         ``sxy`` one number or (sx, sy). pydensecrf's README uses sxy=3,
         compat=3."""
-        sx, sy = _per_axis(sxy, "sxy", 2)
+        sx, sy = positive_numbers(sxy, "sxy", 2)
         features = utils.create_pairwise_gaussian((sy, sx), (self._h, self._w))
         self.addPairwiseEnergy(_x_first(features), compat, kernel, normalization)
 
@@ -330,8 +319,8 @@ class DenseCRF2D(DenseCRF):
         (sr, sg, sb). pydensecrf's README uses sxy=80, srgb=13, compat=10.
         Other images (any channels, any dtype): ``utils.create_pairwise_bilateral``
         and ``addPairwiseEnergy``."""
-        sx, sy = _per_axis(sxy, "sxy", 2)
-        colour = _per_axis(srgb, "srgb", 3)
+        sx, sy = positive_numbers(sxy, "sxy", 2)
+        colour = positive_numbers(srgb, "srgb", 3)
         _check_array(rgbim, "rgbim", np.uint8, (self._h, self._w, 3), f"of shape (h, w, 3) = {(self._h, self._w, 3)}")
         features = utils.create_pairwise_bilateral((sy, sx), colour, rgbim, chdim=2)
         self.addPairwiseEnergy(_x_first(features), compat, kernel, normalization)

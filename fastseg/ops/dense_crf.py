@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _backend, _compiled_ops
-from .._checks import FLOAT_DTYPES, is_number
+from .._checks import FLOAT_DTYPES, as_float, is_number, positive_numbers
 from ..reference.permutohedral_filter import lattice_scale
 from .permutohedral_filter import BACKENDS as FILTER_BACKENDS
 from .permutohedral_filter import Lattice, build_lattice, check_corner_count, check_finite, uncovered
@@ -44,25 +44,13 @@ IMAGE_DTYPES = (torch.uint8, *FLOAT_DTYPES)
 MAX_ITERATIONS = 1000
 
 
-def _as_float(value) -> float:
-    """float(value), inf where it is beyond a float (10**400)."""
+def _count_of(value) -> int:
+    """How many numbers a number or a sequence holds; 1 for anything else
+    (which positive_numbers refuses)."""
     try:
-        return float(value)
-    except OverflowError:
-        return math.inf
-
-
-def _check_positive(value, name: str, count: int) -> list[float]:
-    """A positive number, or ``count`` of them: the ``count`` as floats."""
-    values = [value] if is_number(value) else value
-    if not isinstance(values, (list, tuple, torch.Size)) or not all(is_number(v) for v in values):
-        raise TypeError(f"{name} must be a positive number or a sequence of {count}, got {value!r}")
-    if len(values) not in (1, count):
-        raise ValueError(f"{name} must be one positive number or {count} of them, got {value!r}")
-    floats = [_as_float(v) for v in values]
-    if not all(math.isfinite(v) and v > 0 for v in floats):
-        raise ValueError(f"{name} must be positive and finite, got {value!r}")
-    return floats * count if len(floats) == 1 else floats
+        return 1 if is_number(value) else max(len(value), 1)
+    except TypeError:
+        return 1
 
 
 def _check_scale(numerators: list[float], deviations: list[float], what: str, dtype: torch.dtype) -> None:
@@ -90,7 +78,7 @@ def _check_compat(compat, name: str, labels: int) -> None:
             raise ValueError(f"{name} must hold finite floating-point values")
     elif not is_number(compat):
         raise TypeError(f"{name} must be a finite number (Potts weight) or an [L, L] tensor, got {compat!r}")
-    elif not math.isfinite(_as_float(compat)):
+    elif not math.isfinite(as_float(compat)):
         raise ValueError(f"{name} must be a finite number (Potts weight) or an [L, L] tensor, got {compat!r}")
 
 
@@ -103,7 +91,7 @@ def check_compat_scale(compat, name: str, d: int, dtype: torch.dtype) -> None:
             return
         largest = float(compat.detach().abs().max())
     else:
-        largest = abs(_as_float(compat))
+        largest = abs(as_float(compat))
     limit = torch.finfo(dtype).max / lattice_scale(d)
     if largest > limit:
         raise ValueError(f"{name}: a compatibility of {largest:.4g} times the lattice's scale at d={d} "
@@ -139,14 +127,15 @@ def _check_inputs(logits, image, iterations, probabilities, kernel_params, spaci
                          f"[{extremes[0]:.4g}, {extremes[1]:.4g}]")
     _check_iterations(iterations)
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32  # the features'
-    steps = _check_positive(spacing, "spacing", len(spatial))
+    steps = positive_numbers(spacing, "spacing", len(spatial), one_for_all=True)
     if image is not None:
         _check_image(image, logits)
     names = (("gaussian_sxy", None, "gaussian_compat"), ("bilateral_sxy", "bilateral_srgb", "bilateral_compat"))
     most_features = 0  # of the kernels left in: the largest lattice
     for (sxy, srgb, compat), (sxy_name, srgb_name, compat_name) in zip(kernel_params, names):
         _check_compat(compat, compat_name, labels)
-        _check_scale(steps, _check_positive(sxy, sxy_name, len(spatial)), f"spacing / {sxy_name}", dtype)
+        deviations = positive_numbers(sxy, sxy_name, len(spatial), one_for_all=True)
+        _check_scale(steps, deviations, f"spacing / {sxy_name}", dtype)
         if not isinstance(compat, Tensor) and compat == 0:  # left out
             continue
         features = len(spatial)
@@ -155,7 +144,8 @@ def _check_inputs(logits, image, iterations, probabilities, kernel_params, spaci
                 raise ValueError("image is None, but the bilateral kernel needs it (set bilateral_compat=0 to "
                                  "leave the kernel out)")
             channels = image.shape[1]
-            _check_scale([1.0] * channels, _check_positive(srgb, srgb_name, channels), f"1 / {srgb_name}", dtype)
+            deviations = positive_numbers(srgb, srgb_name, channels, one_for_all=True)
+            _check_scale([1.0] * channels, deviations, f"1 / {srgb_name}", dtype)
             features += channels
         check_compat_scale(compat, compat_name, features, dtype)
         most_features = max(most_features, features)
@@ -308,7 +298,7 @@ class DenseCRF(nn.Module):
         # Their counts (per axis, per channel) are checked against the inputs when called.
         for name, value in (("gaussian_sxy", gaussian_sxy), ("bilateral_sxy", bilateral_sxy),
                             ("bilateral_srgb", bilateral_srgb), ("spacing", spacing)):
-            _check_positive(value, name, len(value) if isinstance(value, (list, tuple)) else 1)
+            positive_numbers(value, name, _count_of(value), one_for_all=True)
         self.gaussian_compat = nn.Parameter(_initial_matrix(gaussian_compat, num_labels))
         self.bilateral_compat = nn.Parameter(_initial_matrix(bilateral_compat, num_labels))
         self.num_labels, self.iterations, self.probabilities, self.backend = (num_labels, iterations,
