@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .._checks import is_number, positive_numbers
-from ..ops.dense_crf import MAX_ITERATIONS, check_compat_scale, fused_mean_field
+from ..ops.dense_crf import MAX_ITERATIONS, check_compat_scale, compat_magnitude, fused_mean_field
 from ..ops.permutohedral_filter import Lattice, permutohedral_lattice
 from ..reference.dense_crf import Filter, mean_field, mean_field_energy, symmetric_compat
 from ..reference.dense_crf import normalization as symmetric_normalization
@@ -235,7 +235,7 @@ class DenseCRF:
         nlabels x nlabels float32 array (full matrix, symmetrised)."""
         _check_array(features, "features", np.float32, (None, self._nvar), f"of shape (D, nvar) = (D, {self._nvar})")
         compat = _compat_matrix(compat, self._nlabels)
-        check_compat_scale(compat, "compat", features.shape[0], torch.float32)
+        check_compat_scale(compat_magnitude(compat), "compat", features.shape[0], torch.float32)
         _enum_member(kernel, KernelType, "kernel")
         kind = _enum_member(normalization, NormalizationType, "normalization")
         lattice = permutohedral_lattice(torch.from_numpy(np.ascontiguousarray(features)).unsqueeze(0))

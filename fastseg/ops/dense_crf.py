@@ -65,7 +65,19 @@ def _check_scale(numerators: list[float], deviations: list[float], what: str, dt
                          f"{str(dtype).removeprefix('torch.')}; use larger standard deviations")
 
 
-def _check_compat(compat, name: str, labels: int) -> None:
+def compat_magnitude(compat) -> float | None:
+    """The largest |compatibility| of a Potts weight or a matrix (NaN where
+    the matrix holds one: max propagates it); None for a matrix under
+    torch.compile, where the check would be data-dependent (check_finite)."""
+    if not isinstance(compat, Tensor):
+        return abs(as_float(compat))
+    if torch.compiler.is_compiling():
+        return None
+    return float(compat.detach().abs().max())
+
+
+def _check_compat(compat, name: str, labels: int) -> float | None:
+    """Returns compat_magnitude(compat), for check_compat_scale."""
     if isinstance(compat, Tensor):
         if compat.shape != (labels, labels):
             raise ValueError(f"{name} must be a number or an [L, L] = [{labels}, {labels}] matrix, "
@@ -74,24 +86,24 @@ def _check_compat(compat, name: str, labels: int) -> None:
             raise TypeError(f"{name} must hold float16, bfloat16, float32 or float64 values, got {compat.dtype}")
         if compat.device.type == "meta":
             raise ValueError(f"{name} must be on a CPU or CUDA device, got meta")
-        if not torch.compiler.is_compiling() and not torch.isfinite(compat).all():
+        largest = compat_magnitude(compat)
+        if largest is not None and not math.isfinite(largest):
             raise ValueError(f"{name} must hold finite floating-point values")
-    elif not is_number(compat):
+        return largest
+    if not is_number(compat):
         raise TypeError(f"{name} must be a finite number (Potts weight) or an [L, L] tensor, got {compat!r}")
-    elif not math.isfinite(as_float(compat)):
+    if not math.isfinite(as_float(compat)):
         raise ValueError(f"{name} must be a finite number (Potts weight) or an [L, L] tensor, got {compat!r}")
+    return compat_magnitude(compat)
 
 
-def check_compat_scale(compat, name: str, d: int, dtype: torch.dtype) -> None:
+def check_compat_scale(largest: float | None, name: str, d: int, dtype: torch.dtype) -> None:
     """A kernel's messages are its compatibility times the filter, which
     scales the lattice's blur by lattice_scale(d) (the fused op folds the
-    two together): their product must stay within the compute dtype."""
-    if isinstance(compat, Tensor):
-        if torch.compiler.is_compiling():  # a data-dependent check (check_finite)
-            return
-        largest = float(compat.detach().abs().max())
-    else:
-        largest = abs(as_float(compat))
+    two together): their product must stay within the compute dtype.
+    largest: compat_magnitude of the compatibility (None: not checked)."""
+    if largest is None:
+        return
     limit = torch.finfo(dtype).max / lattice_scale(d)
     if largest > limit:
         raise ValueError(f"{name}: a compatibility of {largest:.4g} times the lattice's scale at d={d} "
@@ -133,7 +145,7 @@ def _check_inputs(logits, image, iterations, probabilities, kernel_params, spaci
     names = (("gaussian_sxy", None, "gaussian_compat"), ("bilateral_sxy", "bilateral_srgb", "bilateral_compat"))
     most_features = 0  # of the kernels left in: the largest lattice
     for (sxy, srgb, compat), (sxy_name, srgb_name, compat_name) in zip(kernel_params, names):
-        _check_compat(compat, compat_name, labels)
+        largest = _check_compat(compat, compat_name, labels)
         deviations = positive_numbers(sxy, sxy_name, len(spatial), one_for_all=True)
         _check_scale(steps, deviations, f"spacing / {sxy_name}", dtype)
         if not isinstance(compat, Tensor) and compat == 0:  # left out
@@ -147,7 +159,7 @@ def _check_inputs(logits, image, iterations, probabilities, kernel_params, spaci
             deviations = positive_numbers(srgb, srgb_name, channels, one_for_all=True)
             _check_scale([1.0] * channels, deviations, f"1 / {srgb_name}", dtype)
             features += channels
-        check_compat_scale(compat, compat_name, features, dtype)
+        check_compat_scale(largest, compat_name, features, dtype)
         most_features = max(most_features, features)
     if most_features:  # before any feature is made: at this size they take gigabytes
         check_corner_count(batch, math.prod(spatial), most_features, "logits and image")
