@@ -33,6 +33,8 @@ LatticeTensors = importlib.import_module("fastseg.reference.permutohedral_filter
 CRF_BACKENDS = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "reference")}
 BACKENDS = on_devices(CRF_BACKENDS)
 CPU_BACKENDS = CRF_BACKENDS["cpu"]
+# The backends whose dense_crf runs the fused op where no gradient is wanted.
+FUSED = on_devices({"cpu": ("cpp",), "cuda": ("cuda",)})
 SCORE_KINDS = ("logits", "probabilities", "unary")
 
 DEFAULTS = dict(gaussian_sxy=3.0, gaussian_compat=3.0, bilateral_sxy=80.0, bilateral_srgb=13.0, bilateral_compat=10.0,
@@ -682,30 +684,46 @@ def test_too_many_corners_are_refused_before_the_features_are_made():
         dense_crf(logits, image, 1, backend="cpp")
 
 
-# --- the fused mean-field: cpp where no gradient is wanted -------------------------------------
+# --- the fused mean-field: cpp and cuda where no gradient is wanted -------------------------------
 
-def fused_case(gen, labels: int, compat: str, dtype, shape=(9, 11)):
+def fused_case(gen, labels: int, compat: str, dtype, shape=(9, 11), device="cpu"):
     logits, image, _ = noisy_case(gen, shape, labels=labels, batch=2, dtype=dtype)
     params = dict(gaussian_compat=2.0, bilateral_compat=5.0, bilateral_sxy=6.0)
     if compat == "matrix":
-        params |= {name: torch.randn(labels, labels, generator=gen, dtype=torch.float64).to(dtype)
+        params |= {name: torch.randn(labels, labels, generator=gen, dtype=torch.float64).to(dtype).to(device)
                    for name in ("gaussian_compat", "bilateral_compat")}
-    return logits, image, params
+    return logits.to(device), image.to(device), params
 
 
 # Labels: rows of one SIMD vector (1, 4), of a few (21), longer than a block of four (37).
 @pytest.mark.parametrize("labels", [1, 4, 21, 37])
 @pytest.mark.parametrize("compat", ["potts", "matrix"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=dtype_id)
-def test_fused_mean_field_matches_the_differentiable_path(labels, compat, dtype, gen):
-    """Without gradients, cpp runs every iteration in one op
+@pytest.mark.parametrize("device, backend", FUSED)
+def test_fused_mean_field_matches_the_differentiable_path(device, backend, labels, compat, dtype, gen):
+    """Without gradients, cpp and cuda run every iteration in one op
     (fastseg::dense_crf_mean_field); with them, through permutohedral_apply
     and PyTorch ops. The two agree to rounding."""
-    logits, image, params = fused_case(gen, labels, compat, dtype)
+    logits, image, params = fused_case(gen, labels, compat, dtype, device=device)
     for iterations in (0, 1, 3):
-        fused = dense_crf(logits, image, iterations, backend="cpp", **params)
-        differentiable = dense_crf(logits.clone().requires_grad_(), image, iterations, backend="cpp", **params)
+        fused = dense_crf(logits, image, iterations, backend=backend, **params)
+        differentiable = dense_crf(logits.clone().requires_grad_(), image, iterations, backend=backend, **params)
+        assert fused.device == logits.device
         torch.testing.assert_close(fused, differentiable.detach(), rtol=0, atol=OUTPUT_TOL[dtype])
+
+
+@pytest.mark.cuda
+def test_fused_mean_field_on_cuda_is_deterministic_and_the_cpus(gen):
+    """The same on every run, and the CPU op's result within rounding, on
+    an image large enough for the bilateral lattice's crowded vertices (over
+    256 corners: a block splats each)."""
+    logits, image, params = fused_case(gen, 5, "potts", torch.float32, shape=(64, 96))
+    image = image // 64 * 64  # four levels per channel: flat regions
+    params |= dict(bilateral_sxy=80.0)
+    first = dense_crf(logits.cuda(), image.cuda(), 5, backend="cuda", **params)
+    assert torch.equal(dense_crf(logits.cuda(), image.cuda(), 5, backend="cuda", **params), first)
+    cpu = dense_crf(logits, image, 5, backend="cpp", **params)
+    torch.testing.assert_close(first.cpu(), cpu, rtol=0, atol=OUTPUT_TOL[torch.float32])
 
 
 def test_fused_mean_field_is_deterministic(gen, thread_count):
@@ -718,22 +736,24 @@ def test_fused_mean_field_is_deterministic(gen, thread_count):
         assert torch.equal(dense_crf(logits, image, 3, backend="cpp", **params), first)
 
 
-def mean_field_op_inputs(gen, labels=4, scores_are="logits"):
+def mean_field_op_inputs(gen, labels=4, scores_are="logits", device="cpu"):
     """The fused op's arguments: scores [B, N, L] (a view of [B, L, N]
-    memory, as dense_crf passes them), lattices, compatibilities."""
+    memory, as dense_crf passes them), lattices, compatibilities (a Potts
+    weight as a CPU scalar, as dense_crf passes it, and a matrix)."""
     logits, image, params = fused_case(gen, labels, "matrix", torch.float32)
     scores = {"logits": logits, "probabilities": torch.softmax(8 * logits, 1),
               "unary": -torch.log_softmax(logits, 1)}[scores_are].reshape(2, labels, -1).transpose(1, 2)
     features = torch.cat([positions(image.shape[2:], (0.3, 0.3)).float().expand(2, -1, -1, -1),
                           image.float() / 20], 1)
     lattices = [permutohedral_lattice(f, backend="cpp").tensors for f in (features[:, :2], features)]
-    fields = [list(field) for field in zip(*lattices)]
-    return scores, scores_are, fields, [torch.tensor(2.0), params["bilateral_compat"]]
+    fields = [[t.to(device) for t in field] for field in zip(*lattices)]
+    return scores.to(device), scores_are, fields, [torch.tensor(2.0), params["bilateral_compat"].to(device)]
 
 
 @pytest.mark.parametrize("scores_are", SCORE_KINDS)
-def test_opcheck_fused_mean_field(scores_are, gen):
-    scores, _, fields, compat = mean_field_op_inputs(gen, scores_are=scores_are)
+@pytest.mark.parametrize("device, backend", FUSED)
+def test_opcheck_fused_mean_field(device, backend, scores_are, gen):
+    scores, _, fields, compat = mean_field_op_inputs(gen, scores_are=scores_are, device=device)
     op = torch.ops.fastseg.dense_crf_mean_field.default
     torch.library.opcheck(op, (scores.contiguous(), scores_are, *fields, compat, 3))
     torch.library.opcheck(op, (scores, scores_are, *fields, compat, 0))
@@ -742,17 +762,18 @@ def test_opcheck_fused_mean_field(scores_are, gen):
 @pytest.mark.parametrize("layout", ["label-major", "pixel-major", "strided"])
 @pytest.mark.parametrize("scores_are", SCORE_KINDS)
 @pytest.mark.parametrize("labels", [1, 4, 21, 37])
-def test_fused_op_makes_the_unary_as_the_reference(labels, scores_are, layout, gen):
+@pytest.mark.parametrize("device, backend", FUSED)
+def test_fused_op_makes_the_unary_as_the_reference(device, backend, labels, scores_are, layout, gen):
     """The op computes the unary from scores of each kind (probabilities
     below pydensecrf's clip included) in any memory layout, with its own
-    vectorised log and exp; Q matches the reference iteration's on the
-    op's own lattices (0 iterations: Q_0 = softmax(-unary) alone)."""
-    scores, _, fields, compat = mean_field_op_inputs(gen, labels, scores_are)
+    log and exp; Q matches the reference iteration's on the op's own
+    lattices (0 iterations: Q_0 = softmax(-unary) alone)."""
+    scores, _, fields, compat = mean_field_op_inputs(gen, labels, scores_are, device)
     if scores_are == "probabilities" and labels > 1:
         assert (scores < reference_crf.PROBABILITY_CLIP).any()
     scores = {"label-major": scores, "pixel-major": scores.contiguous(),
               "strided": scores.repeat(1, 1, 2)[..., ::2]}[layout]
-    lattices = [Lattice(LatticeTensors(*tensors), (9, 11), "cpp") for tensors in zip(*fields)]
+    lattices = [Lattice(LatticeTensors(*tensors), (9, 11), backend) for tensors in zip(*fields)]
     filters = [(reference_crf.normalized_filter(lattice.apply_flat, scores), c) for lattice, c in zip(lattices, compat)]
     for iterations in (0, 2):
         expected = reference_crf.solve_mean_field(scores, scores_are, [(f, c if c.dim() else float(c)) for f, c in filters],

@@ -29,7 +29,7 @@
 // (any CPU) and, with GCC on x86-64, for AVX2 with FMA; the second runs where
 // the CPU has them. The two round differently (FMA, lane counts), each the
 // same on every run.
-#include "../permutohedral_filter.h"
+#include "../dense_crf.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -75,13 +75,6 @@ constexpr int kSplatLookahead = 32;
 // Pixels per tile where rows and label planes are transposed (see
 // for_each_tile() in dense_crf_kernels.h).
 constexpr int64_t kTilePixels = 64;
-
-// pydensecrf's unary_from_softmax clips probabilities here before the log;
-// fastseg/reference/dense_crf.py's PROBABILITY_CLIP.
-constexpr double kProbabilityClip = 1e-5;
-
-// What the op's scores are: the unary itself, logits, or probabilities.
-enum class ScoreKind { kUnary, kLogits, kProbabilities };
 
 template <typename scalar_t>
 struct Scores {
@@ -323,48 +316,14 @@ Scratch<scalar_t> carve_scratch(Carver& carver, int64_t pixels, int width, const
   return scratch;
 }
 
-ScoreKind score_kind(std::string_view scores_are, const char* op) {
-  if (scores_are == "unary") return ScoreKind::kUnary;
-  if (scores_are == "logits") return ScoreKind::kLogits;
-  TORCH_CHECK(scores_are == "probabilities", op, ": scores_are must be 'unary', 'logits' or 'probabilities', got '",
-              scores_are, "'");
-  return ScoreKind::kProbabilities;
-}
-
-void check_mean_field(const at::Tensor& scores, const std::vector<LatticeArgs>& lattices, at::TensorList compat,
-                      int64_t iterations, const char* op) {
-  TORCH_CHECK(scores.dim() == 3, op, ": scores must be 3-D [B, N, L], got ", scores.dim(), "-D");
-  check_float_dtype(scores, op, "scores");
-  TORCH_CHECK(scores.device().is_cpu(), op, ": expected CPU tensors, got ", scores.device());
-  TORCH_CHECK(iterations >= 0, op, ": iterations must be >= 0, got ", iterations);
-  TORCH_CHECK(compat.size() == lattices.size(), op, ": one compatibility per lattice, got ", compat.size(),
-              " for ", lattices.size());
-  const int64_t labels = scores.size(2);
-  for (size_t k = 0; k < lattices.size(); ++k) {
-    check_apply(scores, lattices[k], op);
-    TORCH_CHECK(compat[k].dim() == 0 || (compat[k].dim() == 2 && compat[k].size(0) == labels &&
-                                         compat[k].size(1) == labels),
-                op, ": compat must be a 0-dim Potts weight or an [L, L] = [", labels, ", ", labels,
-                "] matrix, got shape ", compat[k].sizes());
-    TORCH_CHECK(compat[k].scalar_type() == scores.scalar_type() && compat[k].device().is_cpu(), op,
-                ": compat must be a CPU tensor of the dtype of scores (", scores.scalar_type(), ")");
-  }
-}
-
 at::Tensor dense_crf_mean_field_cpu(const at::Tensor& scores, c10::string_view scores_are, at::TensorList vertex_of, at::TensorList barycentric,
                                     at::TensorList neighbors, at::TensorList splat_order,
                                     at::TensorList vertex_start, at::TensorList compat, int64_t iterations) {
   constexpr const char* op = "fastseg::dense_crf_mean_field";
-  TORCH_CHECK(barycentric.size() == vertex_of.size() && neighbors.size() == vertex_of.size() &&
-                  splat_order.size() == vertex_of.size() && vertex_start.size() == vertex_of.size(),
-              op, ": the lattice lists must have one length");
-  std::vector<LatticeArgs> lattices;
-  for (size_t k = 0; k < vertex_of.size(); ++k) {
-    lattices.push_back({vertex_of[k].contiguous(), barycentric[k].contiguous(), neighbors[k].contiguous(),
-                        splat_order[k].contiguous(), vertex_start[k].contiguous()});
-  }
+  const std::vector<LatticeArgs> lattices =
+      mean_field_lattices(vertex_of, barycentric, neighbors, splat_order, vertex_start, op);
   const ScoreKind kind = score_kind(std::string_view(scores_are.data(), scores_are.size()), op);
-  check_mean_field(scores, lattices, compat, iterations, op);
+  check_mean_field(scores, lattices, compat, iterations, c10::DeviceType::CPU, op);
   const int64_t batch = scores.size(0), image_pixels = scores.size(1), pixels = batch * image_pixels;
   const int labels = static_cast<int>(scores.size(2));
   // Q is written label-major, [B, L, N], the layout of the logits it is

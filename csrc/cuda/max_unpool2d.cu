@@ -12,15 +12,13 @@
 #include <type_traits>
 
 #include "../pool_window.h"
+#include "grid.cuh"
 #include "max_unpool2d.cuh"
 
 namespace fastseg {
 namespace {
 
-constexpr int THREADS = 256;
-// The grid-stride loops cover what a grid this size leaves: 65535 blocks are
-// dozens of waves on any GPU, and within every architecture's grid limit.
-constexpr int64_t MAX_BLOCKS = 65535;
+using namespace grid;
 
 // Coordinates of element i of a dense [N, C, H, W] tensor stored NCHW or NHWC.
 template <typename offset_t>
@@ -64,8 +62,7 @@ __global__ void unpool_flat_kernel(const word_t* __restrict__ input,  // [N, C, 
                                    bool channels_last,
                                    int32_t* __restrict__ invalid) {  // [1]
   bool bad = false;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+  for (int64_t i = first_index(); i < numel; i += index_stride()) {
     const Dims4<offset_t> at = unravel(static_cast<offset_t>(i), in_size, channels_last);
     const int64_t idx = indices[offset_of(at, idx_stride)];
     if (idx < 0 || idx >= out_plane) {
@@ -93,8 +90,7 @@ __global__ void unpool_compact_kernel(const word_t* __restrict__ input,  // [N, 
                                       PoolWindow2d<offset_t> window,
                                       int32_t* __restrict__ invalid) {  // [1]
   bool bad = false;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+  for (int64_t i = first_index(); i < numel; i += index_stride()) {
     const Dims4<offset_t> at = unravel(static_cast<offset_t>(i), out_size, channels_last);
     const word_t* in = input + (at.n * in_stride.n + at.c * in_stride.c);
     const uint8_t* idx = indices + (at.n * idx_stride.n + at.c * idx_stride.c);
@@ -154,8 +150,7 @@ __global__ void unpool_backward_kernel(const word_t* __restrict__ grad_output,  
                                        int64_t numel,
                                        bool channels_last,
                                        PoolWindow2d<offset_t> window) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < numel;
-       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+  for (int64_t i = first_index(); i < numel; i += index_stride()) {
     const Dims4<offset_t> at = unravel(static_cast<offset_t>(i), in_size, channels_last);
     const int64_t v = indices[offset_of(at, idx_stride)];
     const word_t* go = grad_output + (at.n * go_stride.n + at.c * go_stride.c);
@@ -172,8 +167,6 @@ __global__ void unpool_backward_kernel(const word_t* __restrict__ grad_output,  
     grad_input[i] = value;
   }
 }
-
-int blocks_for(int64_t numel) { return static_cast<int>(std::min((numel + THREADS - 1) / THREADS, MAX_BLOCKS)); }
 
 int64_t numel_of(const Dims4<int64_t>& size) { return size.n * size.c * size.h * size.w; }
 

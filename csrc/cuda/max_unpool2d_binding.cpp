@@ -12,14 +12,11 @@
 #include <tuple>
 
 #include "../pool_window.h"
+#include "check_launch.h"
 #include "max_unpool2d.cuh"
 
 namespace fastseg {
 namespace {
-
-void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(err));
-}
 
 std::tuple<at::Tensor, at::Tensor> max_unpool2d_cuda(const at::Tensor& input,
                                                      const at::Tensor& indices,

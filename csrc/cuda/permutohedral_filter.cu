@@ -51,17 +51,15 @@
 #include <utility>
 
 #include "../permutohedral.h"
+#include "grid.cuh"
 #include "permutohedral_filter.cuh"
 
 namespace fastseg {
 namespace {
 
 using namespace permutohedral;
+using namespace grid;
 
-constexpr int THREADS = 256;
-// The grid-stride loops cover what a grid this size leaves: 65535 blocks are
-// dozens of waves on any GPU, and within every architecture's grid limit.
-constexpr int64_t MAX_BLOCKS = 65535;
 constexpr int32_t EMPTY = -1;    // a hash-table slot that holds no corner
 constexpr size_t ALIGNMENT = 256;  // of every workspace array (cudaMalloc's)
 // A vertex with more corners than this is splatted by a whole block (see
@@ -74,17 +72,6 @@ constexpr int32_t HEAVY_CORNERS = THREADS;
 // Blocks of splat_heavy_kernel: they stride over the vertices, most of which
 // are light and cost them one load each.
 constexpr int HEAVY_BLOCKS = 1024;
-
-// At least one block: a launch of none is an error.
-int blocks_for(int64_t n) {
-  return static_cast<int>(std::clamp<int64_t>((n + THREADS - 1) / THREADS, 1, MAX_BLOCKS));
-}
-
-__device__ __forceinline__ int64_t first_index() {
-  return blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-}
-
-__device__ __forceinline__ int64_t index_stride() { return static_cast<int64_t>(blockDim.x) * gridDim.x; }
 
 // The sizes of a batch of B images of N pixels with d features.
 struct Geometry {
@@ -582,22 +569,19 @@ cudaError_t launch_permutohedral_lattice_links(int64_t batch,
 }
 
 template <typename scalar_t>
-cudaError_t launch_permutohedral_apply(const scalar_t* values,
-                                       int64_t points,
-                                       int64_t channels,
-                                       int d,
-                                       int32_t vertices,
-                                       const int32_t* vertex_of,
-                                       const scalar_t* barycentric,
-                                       const int32_t* neighbors,
-                                       const int32_t* splat_order,
-                                       const int32_t* vertex_start,
-                                       bool reverse,
-                                       scalar_t scale,
-                                       scalar_t* lattice_values,
-                                       scalar_t* out,
-                                       cudaStream_t stream) {
-  if (points == 0 || channels == 0) return cudaSuccess;
+cudaError_t launch_permutohedral_splat_blur(const scalar_t* values,
+                                            int64_t points,
+                                            int64_t channels,
+                                            int d,
+                                            int32_t vertices,
+                                            const scalar_t* barycentric,
+                                            const int32_t* neighbors,
+                                            const int32_t* splat_order,
+                                            const int32_t* vertex_start,
+                                            bool reverse,
+                                            scalar_t* lattice_values,
+                                            scalar_t** blurred,
+                                            cudaStream_t stream) {
   const int corners = d + 1;
   const int64_t lattice_numel = (static_cast<int64_t>(vertices) + 1) * channels;
   scalar_t* current = lattice_values;
@@ -614,8 +598,34 @@ cudaError_t launch_permutohedral_apply(const scalar_t* values,
         current, neighbors + static_cast<int64_t>(direction) * vertices * 2, vertices, channels, spare);
     std::swap(current, spare);
   }
+  *blurred = current;
+  return cudaGetLastError();
+}
+
+template <typename scalar_t>
+cudaError_t launch_permutohedral_apply(const scalar_t* values,
+                                       int64_t points,
+                                       int64_t channels,
+                                       int d,
+                                       int32_t vertices,
+                                       const int32_t* vertex_of,
+                                       const scalar_t* barycentric,
+                                       const int32_t* neighbors,
+                                       const int32_t* splat_order,
+                                       const int32_t* vertex_start,
+                                       bool reverse,
+                                       scalar_t scale,
+                                       scalar_t* lattice_values,
+                                       scalar_t* out,
+                                       cudaStream_t stream) {
+  if (points == 0 || channels == 0) return cudaSuccess;
+  scalar_t* blurred = nullptr;
+  const cudaError_t err =
+      launch_permutohedral_splat_blur(values, points, channels, d, vertices, barycentric, neighbors, splat_order,
+                                      vertex_start, reverse, lattice_values, &blurred, stream);
+  if (err != cudaSuccess) return err;
   slice_kernel<scalar_t><<<blocks_for(points * channels), THREADS, 0, stream>>>(
-      current, vertex_of, barycentric, points, channels, corners, scale, out);
+      blurred, vertex_of, barycentric, points, channels, d + 1, scale, out);
   return cudaGetLastError();
 }
 
@@ -626,7 +636,11 @@ cudaError_t launch_permutohedral_apply(const scalar_t* values,
   template cudaError_t launch_permutohedral_apply<scalar_t>(const scalar_t*, int64_t, int64_t, int, int32_t,        \
                                                             const int32_t*, const scalar_t*, const int32_t*,        \
                                                             const int32_t*, const int32_t*, bool, scalar_t,         \
-                                                            scalar_t*, scalar_t*, cudaStream_t);
+                                                            scalar_t*, scalar_t*, cudaStream_t);                    \
+  template cudaError_t launch_permutohedral_splat_blur<scalar_t>(const scalar_t*, int64_t, int64_t, int, int32_t,   \
+                                                                 const scalar_t*, const int32_t*, const int32_t*,   \
+                                                                 const int32_t*, bool, scalar_t*, scalar_t**,       \
+                                                                 cudaStream_t);
 
 FASTSEG_INSTANTIATE(float)
 FASTSEG_INSTANTIATE(double)

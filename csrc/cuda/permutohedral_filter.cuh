@@ -58,6 +58,26 @@ cudaError_t launch_permutohedral_lattice_links(int64_t batch,
                                                size_t workspace_bytes,
                                                cudaStream_t stream);
 
+// Splat and blur along directions 0..d (d..0 where reverse): the first
+// steps of launch_permutohedral_apply, for callers that read the lattice's
+// values themselves (the dense CRF's mean field). *blurred gets which of the
+// two [M+1, C] halves of lattice_values ([2, M+1, C] scratch) holds them;
+// points >= 1, channels >= 1. barycentric: the splat's weight of each corner.
+template <typename scalar_t>
+cudaError_t launch_permutohedral_splat_blur(const scalar_t* values,          // [B*N, C]
+                                            int64_t points,                  // B*N
+                                            int64_t channels,                // C
+                                            int d,
+                                            int32_t vertices,                // M
+                                            const scalar_t* barycentric,     // [B*N, d+1]
+                                            const int32_t* neighbors,        // [d+1, M, 2]
+                                            const int32_t* splat_order,      // [B*N*(d+1)]
+                                            const int32_t* vertex_start,     // [M+1]
+                                            bool reverse,
+                                            scalar_t* lattice_values,  // [2, M+1, C] scratch
+                                            scalar_t** blurred,
+                                            cudaStream_t stream);
+
 // Splat, blur along directions 0..d (d..0 where reverse), slice, times
 // `scale` (permutohedral::lattice_scale(d)): values [B*N, C] -> out
 // [B*N, C]. Every step is a gather in a fixed order, so the results are the

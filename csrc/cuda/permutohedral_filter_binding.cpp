@@ -16,14 +16,11 @@
 #include <tuple>
 
 #include "../permutohedral.h"
+#include "check_launch.h"
 #include "permutohedral_filter.cuh"
 
 namespace fastseg {
 namespace {
-
-void check_launch(cudaError_t err, const char* op) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel failed: ", cudaGetErrorString(err));
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> permutohedral_lattice_cuda(
     const at::Tensor& features) {

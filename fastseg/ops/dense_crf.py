@@ -207,13 +207,14 @@ def _normalized_filter(lattice: Lattice, like: Tensor):
 def _mean_field(scores: Tensor, scores_are: str, kernels: list[tuple[Lattice, Tensor | float]], iterations: int,
                 backend: str) -> Tensor:
     """``fastseg.reference.dense_crf.solve_mean_field`` for kernels given as
-    (lattice, compatibility): in one op on the ``cpp`` backend where no
-    gradient is wanted (it makes the unary and normalises the lattices
-    itself), through the differentiable normalised filters otherwise."""
+    (lattice, compatibility): in one op on the ``cpp`` and ``cuda`` backends
+    where no gradient is wanted (it makes the unary and normalises the
+    lattices itself), through the differentiable normalised filters
+    otherwise."""
     compats = [compat for _, compat in kernels]
     wants_grad = torch.is_grad_enabled() and (
         scores.requires_grad or any(isinstance(c, Tensor) and c.requires_grad for c in compats))
-    if backend != "cpp" or wants_grad:
+    if backend not in ("cpp", "cuda") or wants_grad:
         filters = [(_normalized_filter(lattice, scores), compat) for lattice, compat in kernels]
         return _reference.solve_mean_field(scores, scores_are, filters, iterations)
     return fused_mean_field(scores, scores_are, kernels, iterations)
@@ -223,9 +224,11 @@ def fused_mean_field(scores: Tensor, scores_are: str, kernels: list[tuple[Lattic
                      iterations: int) -> Tensor:
     """``fastseg::dense_crf_mean_field``: ``solve_mean_field`` (of the
     symmetrically normalised kernels) in one op, on CPU tensors and lattices
-    of the ``cpp`` backend, without gradients. Q [B, N, L] is a view of
-    [B, L, N] memory."""
+    of the ``cpp`` backend or CUDA ones of the ``cuda`` backend, without
+    gradients. Q [B, N, L] is a view of [B, L, N] memory."""
     fields = [list(field) for field in zip(*(lattice.tensors for lattice, _ in kernels))] or [[]] * 5
+    # A Potts weight goes as a CPU scalar, which the CUDA op reads without a
+    # synchronisation; a matrix is already on the scores' device.
     compat_tensors = [torch.as_tensor(c, dtype=scores.dtype).contiguous() for _, c in kernels]
     q = _mean_field_op(scores, scores_are, *fields, compat_tensors, iterations)
     if torch.compiler.is_compiling():
