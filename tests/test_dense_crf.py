@@ -717,6 +717,8 @@ def test_fused_mean_field_on_cuda_is_deterministic_and_the_cpus(gen):
     """The same on every run, and the CPU op's result within rounding, on
     an image large enough for the bilateral lattice's crowded vertices (over
     256 corners: a block splats each)."""
+    if not fastseg.backends()["backends"]["cuda"]["cuda"]["available"]:
+        pytest.skip("cuda backend unavailable")
     logits, image, params = fused_case(gen, 5, "potts", torch.float32, shape=(64, 96))
     image = image // 64 * 64  # four levels per channel: flat regions
     params |= dict(bilateral_sxy=80.0)

@@ -215,10 +215,12 @@ cudaError_t launch_dense_crf_mean_field(const MeanFieldScores<scalar_t>& scores,
   cudaError_t err = cudaSuccess;
   // Each kernel's normalisation, before the first pass: q holds the ones
   // and unary the filtered ones until then.
+  if (iterations > 0 && kernel_count > 0) {
+    fill_kernel<scalar_t><<<blocks_for(points), THREADS, 0, stream>>>(q, points, scalar_t(1));
+  }
   for (int k = 0; k < (iterations > 0 ? kernel_count : 0); ++k) {
     const MeanFieldKernel<scalar_t>& kernel = kernels[k];
     const int corners = kernel.d + 1;
-    fill_kernel<scalar_t><<<blocks_for(points), THREADS, 0, stream>>>(q, points, scalar_t(1));
     err = launch_permutohedral_apply(q, points, 1, kernel.d, kernel.vertices, kernel.vertex_of, kernel.barycentric,
                                      kernel.neighbors, kernel.splat_order, kernel.vertex_start, false,
                                      static_cast<scalar_t>(permutohedral::lattice_scale(kernel.d)),

@@ -35,8 +35,8 @@
 //
 // Applying. Every step is a gather in a fixed order, with no floating-point
 // atomics: the splat sums, per (vertex, channel), the vertex's corners in
-// CSR order (a vertex with thousands of corners by a block, in a fixed tree
-// of partial sums); the blur reads each vertex's two neighbours (row M of
+// CSR order (a vertex with hundreds of corners or more by a block, in a
+// fixed order of partial sums); the blur reads each vertex's two neighbours (row M of
 // each buffer is the zero that absent neighbours, -1, read); the slice sums
 // each pixel's d+1 corners. Products are never fused into FMAs
 // (mul_unfused), so the sums round exactly as the CPU kernels' do, but for
@@ -389,11 +389,14 @@ __global__ void splat_kernel(const scalar_t* __restrict__ values,       // [B*N,
 }
 
 // The rows of the vertices with over HEAVY_CORNERS corners, which
-// splat_kernel leaves: one block per vertex, thread t summing corners t,
-// t + THREADS, ... of the vertex's CSR range for one channel at a time,
-// then a tree over the block's partial sums. A fixed order, so the same
-// result on every run; not the CPU's sequential order, so equal to it within
-// rounding (light vertices, the rest, are equal bit for bit).
+// splat_kernel leaves: one block per vertex, each warp summing every
+// (THREADS/32)th corner of the vertex's CSR range, its lanes along the row
+// (a coalesced read of each corner's values, its index and weight read
+// once), up to 128 channels at a time; then the warps' partial sums are
+// added in warp order. A fixed order, so the same result on every run; not
+// the CPU's sequential order, so equal to it within rounding (light
+// vertices, the rest, are equal bit for bit). Not tuned on a GPU: with few
+// channels (the normalisation's one) most lanes idle.
 template <typename scalar_t>
 __global__ void __launch_bounds__(THREADS) splat_heavy_kernel(const scalar_t* __restrict__ values,  // [B*N, C]
                                                               int64_t channels,
@@ -403,25 +406,33 @@ __global__ void __launch_bounds__(THREADS) splat_heavy_kernel(const scalar_t* __
                                                               const scalar_t* __restrict__ barycentric,  // [E]
                                                               int32_t vertices,
                                                               scalar_t* __restrict__ lattice_values) {  // [M+1, C]
-  __shared__ scalar_t partial[THREADS];
-  const int t = static_cast<int>(threadIdx.x);
+  constexpr int WARPS = THREADS / 32, PER_LANE = 4, CHUNK = 32 * PER_LANE;
+  __shared__ scalar_t partial[WARPS][CHUNK];
+  const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
   for (int64_t v = blockIdx.x; v < vertices; v += gridDim.x) {
     const int32_t begin = vertex_start[v], end = vertex_start[v + 1];
     if (end - begin <= HEAVY_CORNERS) continue;  // the same for the whole block
-    for (int64_t k = 0; k < channels; ++k) {
-      scalar_t sum = 0;
-      for (int32_t e = begin + t; e < end; e += THREADS) {
+    for (int64_t first = 0; first < channels; first += CHUNK) {
+      scalar_t sum[PER_LANE] = {};
+      // int64: E may come within a block's stride of 2^31.
+      for (int64_t e = static_cast<int64_t>(begin) + warp; e < end; e += WARPS) {
         const int32_t corner = splat_order[e];
-        sum += mul_unfused(barycentric[corner], values[static_cast<int64_t>(corner / corners) * channels + k]);
+        const scalar_t w = barycentric[corner];
+        const scalar_t* row = values + static_cast<int64_t>(corner / corners) * channels;
+        for (int j = 0; j < PER_LANE; ++j) {
+          const int64_t k = first + lane + 32 * j;
+          if (k < channels) sum[j] += mul_unfused(w, row[k]);
+        }
       }
-      partial[t] = sum;
+      for (int j = 0; j < PER_LANE; ++j) partial[warp][lane + 32 * j] = sum[j];
       __syncthreads();
-      for (int half = THREADS / 2; half > 0; half /= 2) {
-        if (t < half) partial[t] += partial[t + half];
-        __syncthreads();
+      const int64_t k = first + threadIdx.x;
+      if (threadIdx.x < CHUNK && k < channels) {
+        scalar_t total = partial[0][threadIdx.x];
+        for (int w = 1; w < WARPS; ++w) total += partial[w][threadIdx.x];
+        lattice_values[v * channels + k] = total;
       }
-      if (t == 0) lattice_values[v * channels + k] = partial[0];
-      __syncthreads();  // partial[0] is read before the next channel overwrites it
+      __syncthreads();  // partial is written again for the next channels
     }
   }
 }
