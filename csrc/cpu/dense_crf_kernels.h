@@ -401,11 +401,15 @@ inline void for_each_tile(int64_t begin, int64_t end, int64_t image_pixels, cons
   }
 }
 
-// The unary rows of pixels [first, last) (one tile of one image), from the
-// scores: the unary itself, -log max(p, clip) of probabilities, or
-// -log softmax of logits; +inf in the padding.
+// The unary rows of pixels [first, last) (one tile of one image) from the
+// scores (the unary itself, -log max(p, clip) of probabilities, or
+// -log softmax of logits; +inf in the padding), and Q_0 = softmax(-unary)
+// in the same rows of q. For logits and probabilities Q_0 comes on the way,
+// without an exp of its own: softmax(-unary) is softmax of the logits, whose
+// exps the unary's log-sum-exp makes, or the clipped probabilities
+// normalised.
 template <typename scalar_t>
-void unary_rows(const MeanFieldArgs<scalar_t>& args, int64_t first, int64_t last) {
+void first_rows(const MeanFieldArgs<scalar_t>& args, int64_t first, int64_t last, scalar_t* q) {
   using S = Simd<scalar_t>;
   using vec = typename S::vec;
   const Scores<scalar_t>& scores = args.scores;
@@ -431,11 +435,16 @@ void unary_rows(const MeanFieldArgs<scalar_t>& args, int64_t first, int64_t last
   constexpr scalar_t infinity = std::numeric_limits<scalar_t>::infinity();
   for (int64_t p = 0; p < count; ++p) {
     scalar_t* row = rows + p * width;
+    scalar_t* q_row = q + (first + p) * width;
+    vec total = {};
     if (scores.kind == ScoreKind::kProbabilities) {
+      std::fill(row + labels, row + width, scalar_t(1));  // finite, for the mask to zero
       const vec clip = S::broadcast(static_cast<scalar_t>(kProbabilityClip));
       for (int at = 0; at < width; at += S::lanes) {
-        const vec x = S::load(row + at);
-        S::store(row + at, -log_positive<scalar_t>(x > clip ? x : clip));
+        const vec x = S::load(row + at), clipped = x > clip ? x : clip;
+        S::store(row + at, -log_positive<scalar_t>(clipped));
+        S::store(q_row + at, clipped * S::load(args.mask + at));
+        total += S::load(q_row + at);
       }
     } else if (scores.kind == ScoreKind::kLogits) {
       // -log softmax = log sum exp(x - max) + max - x; padding lanes are -inf
@@ -444,13 +453,26 @@ void unary_rows(const MeanFieldArgs<scalar_t>& args, int64_t first, int64_t last
       vec high = S::load(row);
       for (int at = S::lanes; at < width; at += S::lanes) high = S::load(row + at) > high ? S::load(row + at) : high;
       const scalar_t maximum = -reduce_lanes<scalar_t>(-high, true);
-      vec total = {};
       for (int at = 0; at < width; at += S::lanes) {
-        total += exp_negative<scalar_t>(maximum - S::load(row + at)) * S::load(args.mask + at);
+        S::store(q_row + at, exp_negative<scalar_t>(maximum - S::load(row + at)) * S::load(args.mask + at));
+        total += S::load(q_row + at);
       }
       const scalar_t shift = std::log(reduce_lanes<scalar_t>(total, false)) + maximum;
       for (int at = 0; at < width; at += S::lanes) S::store(row + at, shift - S::load(row + at));
+    } else {
+      // exp(-(u - min)): padding lanes are +inf, never the minimum, and get
+      // weight 0 from the mask.
+      std::fill(row + labels, row + width, infinity);
+      vec low = S::load(row);
+      for (int at = S::lanes; at < width; at += S::lanes) low = S::load(row + at) < low ? S::load(row + at) : low;
+      const scalar_t minimum = reduce_lanes<scalar_t>(low, true);
+      for (int at = 0; at < width; at += S::lanes) {
+        S::store(q_row + at, exp_negative<scalar_t>(S::load(row + at) - minimum) * S::load(args.mask + at));
+        total += S::load(q_row + at);
+      }
     }
+    const vec inverse = S::broadcast(1 / reduce_lanes<scalar_t>(total, false));
+    for (int at = 0; at < width; at += S::lanes) S::store(q_row + at, S::load(q_row + at) * inverse);
     std::fill(row + labels, row + width, infinity);
   }
 }
@@ -476,11 +498,10 @@ void write_planes(const MeanFieldArgs<scalar_t>& args, const scalar_t* q, int64_
 // For every pixel: the energy, its unary plus each kernel's messages sliced
 // with the pixel's weights, then Q = softmax(-energy) over the labels,
 // written to the padded rows of q and, after the last iteration, to the
-// result's label planes. Without messages, Q = softmax(-unary).
-// prepare(first, last) runs on each tile of pixels before it is computed.
-template <typename scalar_t, typename Prepare>
+// result's label planes.
+template <typename scalar_t>
 void update_q(const MeanFieldArgs<scalar_t>& args, const std::vector<const scalar_t*>& messages, bool last,
-              scalar_t* q, const Prepare& prepare) {
+              scalar_t* q) {
   using S = Simd<scalar_t>;
   using vec = typename S::vec;
   const int width = args.width, vectors = width / S::lanes;
@@ -511,7 +532,6 @@ void update_q(const MeanFieldArgs<scalar_t>& args, const std::vector<const scala
       for (int i = 0; i < count; ++i) S::store(q + p * width + i * S::lanes, e[i]);
     };
     for_each_tile(begin, end, args.image_pixels, [&](int64_t first, int64_t stop) {
-      prepare(first, stop);
       for (int64_t p = first; p < stop; ++p) {
         if (vectors <= 4) {  // one block: the row stays in registers
           for_each_block(vectors, [&](auto block) {
@@ -536,9 +556,13 @@ void update_q(const MeanFieldArgs<scalar_t>& args, const std::vector<const scala
 // q; the last Q goes to the result.
 template <typename scalar_t>
 void mean_field(const MeanFieldArgs<scalar_t>& args, scalar_t* q) {
-  update_q(args, {}, args.iterations == 0, q, [&](int64_t first, int64_t last) { unary_rows(args, first, last); });
+  parallel_blocks(args.pixels, 4 * args.width, [&](int64_t begin, int64_t end) {
+    for_each_tile(begin, end, args.image_pixels, [&](int64_t first, int64_t stop) {
+      first_rows(args, first, stop, q);
+      if (args.iterations == 0) write_planes(args, q, first, stop);
+    });
+  });
   for (int64_t it = 0; it < args.iterations; ++it) {
-    update_q(args, messages(args.kernels, q, args.labels, args.width), it == args.iterations - 1, q,
-             [](int64_t, int64_t) {});
+    update_q(args, messages(args.kernels, q, args.labels, args.width), it == args.iterations - 1, q);
   }
 }

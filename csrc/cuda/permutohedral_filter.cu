@@ -36,9 +36,9 @@
 // Applying. Every step is a gather in a fixed order, with no floating-point
 // atomics: the splat sums, per (vertex, channel), the vertex's corners in
 // CSR order (a vertex with hundreds of corners or more by a block, in a
-// fixed order of partial sums); the blur reads each vertex's two neighbours (row M of
-// each buffer is the zero that absent neighbours, -1, read); the slice sums
-// each pixel's d+1 corners. Products are never fused into FMAs
+// fixed order of partial sums); the blur reads each vertex's two
+// neighbours (row M of each buffer is the zero that absent neighbours, -1,
+// read); the slice sums each pixel's d+1 corners. Products are never fused into FMAs
 // (mul_unfused), so the sums round exactly as the CPU kernels' do, but for
 // those of the vertices that a block splats.
 #include <cub/device/device_radix_sort.cuh>
