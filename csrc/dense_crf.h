@@ -20,6 +20,12 @@ inline ScoreKind score_kind(std::string_view scores_are, const char* op) {
   return ScoreKind::kProbabilities;
 }
 
+// The scores' data and strides as the kernels read them.
+template <typename scalar_t>
+MeanFieldScores<scalar_t> mean_field_scores(const at::Tensor& scores, ScoreKind kind) {
+  return {scores.const_data_ptr<scalar_t>(), scores.stride(0), scores.stride(1), scores.stride(2), kind};
+}
+
 // The lattices of the op's list arguments, contiguous, one per kernel.
 inline std::vector<LatticeArgs> mean_field_lattices(at::TensorList vertex_of, at::TensorList barycentric,
                                                     at::TensorList neighbors, at::TensorList splat_order,

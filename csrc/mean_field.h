@@ -3,10 +3,20 @@
 // share. Plain C++ with no torch headers, so that .cu files can include it.
 #pragma once
 
+#include <cstdint>
+
 namespace fastseg {
 
 // What the op's scores are: the unary itself, logits, or probabilities.
 enum class ScoreKind { kUnary, kLogits, kProbabilities };
+
+// The scores: [B, N, L] with these strides (in elements).
+template <typename scalar_t>
+struct MeanFieldScores {
+  const scalar_t* data;
+  int64_t image_stride, pixel_stride, label_stride;
+  ScoreKind kind;
+};
 
 // pydensecrf's unary_from_softmax clips probabilities here before the log;
 // fastseg/reference/dense_crf.py's PROBABILITY_CLIP.

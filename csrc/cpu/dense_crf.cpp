@@ -76,13 +76,6 @@ constexpr int kSplatLookahead = 32;
 // for_each_tile() in dense_crf_kernels.h).
 constexpr int64_t kTilePixels = 64;
 
-template <typename scalar_t>
-struct Scores {
-  const scalar_t* data;  // [B, N, L] with the strides below
-  int64_t image_stride, pixel_stride, label_stride;
-  ScoreKind kind;
-};
-
 // One CRF kernel's lattice in the layout of the iteration.
 template <typename scalar_t>
 struct KernelLattice {
@@ -103,7 +96,7 @@ struct KernelLattice {
 
 template <typename scalar_t>
 struct MeanFieldArgs {
-  Scores<scalar_t> scores;
+  MeanFieldScores<scalar_t> scores;
   scalar_t* unary;        // [P, width], +inf in the padding: made from the scores by the first pass
   const scalar_t* mask;   // [width]: 1 for a label, 0 for padding
   scalar_t* result;       // [B, labels, N]
@@ -343,9 +336,10 @@ at::Tensor dense_crf_mean_field_cpu(const at::Tensor& scores, c10::string_view s
     at::Tensor mask = at::zeros({width}, options);
     mask.narrow(0, 0, labels).fill_(1);
 
-    const Scores<scalar_t> score_view{scores.const_data_ptr<scalar_t>(), scores.stride(0), scores.stride(1),
-                                      scores.stride(2), kind};
-    MeanFieldArgs<scalar_t> args{score_view, scratch.unary, mask.const_data_ptr<scalar_t>(), result.mutable_data_ptr<scalar_t>(),
+    MeanFieldArgs<scalar_t> args{mean_field_scores<scalar_t>(scores, kind),
+                                 scratch.unary,
+                                 mask.const_data_ptr<scalar_t>(),
+                                 result.mutable_data_ptr<scalar_t>(),
                                  pixels, image_pixels, labels, width, iterations, {}};
     std::vector<at::Tensor> matrices;  // keeps the kernels' matrices alive
     for (size_t k = 0; k < lattices.size(); ++k) {

@@ -412,10 +412,11 @@ template <typename scalar_t>
 void first_rows(const MeanFieldArgs<scalar_t>& args, int64_t first, int64_t last, scalar_t* q) {
   using S = Simd<scalar_t>;
   using vec = typename S::vec;
-  const Scores<scalar_t>& scores = args.scores;
+  const MeanFieldScores<scalar_t>& scores = args.scores;
   const int width = args.width, labels = args.labels;
   const int64_t image = first / args.image_pixels;
-  const scalar_t* in = scores.data + image * scores.image_stride + (first - image * args.image_pixels) * scores.pixel_stride;
+  const scalar_t* in =
+      scores.data + image * scores.image_stride + (first - image * args.image_pixels) * scores.pixel_stride;
   scalar_t* rows = args.unary + first * width;
   const int64_t count = last - first;
   int64_t squared = 0;  // pixels moved a square at a time

@@ -18,14 +18,6 @@ namespace fastseg {
 // value.
 constexpr int DENSE_CRF_CUDA_MAX_KERNELS = 8;
 
-// The scores: [B, N, L] with these strides (in elements).
-template <typename scalar_t>
-struct MeanFieldScores {
-  const scalar_t* data;
-  int64_t image_stride, pixel_stride, label_stride;
-  ScoreKind kind;
-};
-
 // One CRF kernel: its lattice as permutohedral_lattice builds it (P = B*N
 // pixels, d features, M vertices), its compatibility, and its scratch.
 template <typename scalar_t>

@@ -63,10 +63,8 @@ at::Tensor dense_crf_mean_field_cuda(const at::Tensor& scores, c10::string_view 
                          weight.mutable_data_ptr<scalar_t>(), values.mutable_data_ptr<scalar_t>()});
       scratch.insert(scratch.end(), {weight, values, matrix});
     }
-    const MeanFieldScores<scalar_t> score_view{scores.const_data_ptr<scalar_t>(), scores.stride(0), scores.stride(1),
-                                               scores.stride(2), kind};
-    check_launch(launch_dense_crf_mean_field(score_view, batch, image_pixels, labels, kernels.data(),
-                                             static_cast<int>(kernels.size()), iterations,
+    check_launch(launch_dense_crf_mean_field(mean_field_scores<scalar_t>(scores, kind), batch, image_pixels, labels,
+                                             kernels.data(), static_cast<int>(kernels.size()), iterations,
                                              unary.mutable_data_ptr<scalar_t>(), q.mutable_data_ptr<scalar_t>(),
                                              result.mutable_data_ptr<scalar_t>(), stream),
                  op);

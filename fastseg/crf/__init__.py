@@ -343,6 +343,6 @@ def _to_numpy(q: torch.Tensor) -> np.ndarray:
     return q[0].T.contiguous().numpy()
 
 
-__all__ = ["ArrayDtypeError", "CONST_KERNEL", "ConstUnary", "DIAG_KERNEL", "DenseCRF", "DenseCRF2D", "FULL_KERNEL", "KernelType",
-           "LogisticUnary", "NORMALIZE_AFTER", "NORMALIZE_BEFORE", "NORMALIZE_SYMMETRIC", "NO_NORMALIZATION",
+__all__ = ["ArrayDtypeError", "CONST_KERNEL", "ConstUnary", "DIAG_KERNEL", "DenseCRF", "DenseCRF2D", "FULL_KERNEL",
+           "KernelType", "LogisticUnary", "NORMALIZE_AFTER", "NORMALIZE_BEFORE", "NORMALIZE_SYMMETRIC", "NO_NORMALIZATION",
            "NormalizationType", "Unary", "utils"]
