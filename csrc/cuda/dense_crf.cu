@@ -213,21 +213,21 @@ cudaError_t launch_dense_crf_mean_field(const MeanFieldScores<scalar_t>& scores,
   if (points == 0 || labels == 0) return cudaSuccess;
   if (kernel_count < 0 || kernel_count > DENSE_CRF_CUDA_MAX_KERNELS) return cudaErrorInvalidValue;
   cudaError_t err = cudaSuccess;
-  // Each kernel's normalisation, before the first pass: q holds the ones
-  // and unary the filtered ones until then.
+  // Each kernel's normalisation (needed only by iterations), before the
+  // first pass: q holds the ones and unary the filtered ones until then.
   if (iterations > 0 && kernel_count > 0) {
     fill_kernel<scalar_t><<<blocks_for(points), THREADS, 0, stream>>>(q, points, scalar_t(1));
-  }
-  for (int k = 0; k < (iterations > 0 ? kernel_count : 0); ++k) {
-    const MeanFieldKernel<scalar_t>& kernel = kernels[k];
-    const int corners = kernel.d + 1;
-    err = launch_permutohedral_apply(q, points, 1, kernel.d, kernel.vertices, kernel.vertex_of, kernel.barycentric,
-                                     kernel.neighbors, kernel.splat_order, kernel.vertex_start, false,
-                                     static_cast<scalar_t>(permutohedral::lattice_scale(kernel.d)),
-                                     kernel.lattice_values, unary, stream);
-    if (err != cudaSuccess) return err;
-    normalized_weights_kernel<scalar_t><<<blocks_for(points * corners), THREADS, 0, stream>>>(
-        kernel.barycentric, unary, points * corners, corners, kernel.weight);
+    for (int k = 0; k < kernel_count; ++k) {
+      const MeanFieldKernel<scalar_t>& kernel = kernels[k];
+      const int corners = kernel.d + 1;
+      err = launch_permutohedral_apply(q, points, 1, kernel.d, kernel.vertices, kernel.vertex_of, kernel.barycentric,
+                                       kernel.neighbors, kernel.splat_order, kernel.vertex_start, false,
+                                       static_cast<scalar_t>(permutohedral::lattice_scale(kernel.d)),
+                                       kernel.lattice_values, unary, stream);
+      if (err != cudaSuccess) return err;
+      normalized_weights_kernel<scalar_t><<<blocks_for(points * corners), THREADS, 0, stream>>>(
+          kernel.barycentric, unary, points * corners, corners, kernel.weight);
+    }
   }
   first_pass_kernel<scalar_t><<<blocks_for(points), THREADS, 0, stream>>>(
       scores, points, image_pixels, labels, unary, q, iterations == 0 ? result : nullptr);
