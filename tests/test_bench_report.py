@@ -62,7 +62,7 @@ def model(variant: str, median: float, **info) -> dict:
 def crf(variant: str, implementation: str, median: float, **info) -> dict:
     """A dense-CRF record of the VOC photo at 5 iterations (CPU)."""
     return record("dense_crf photo-375x500-L21 it5 b1", variant, implementation, median, op="dense_crf",
-                  backend=variant.removeprefix("fastseg-"), scene="photo", shape=[375, 500], labels=21, iterations=5,
+                  backend=variant.removeprefix("fastseg-").removesuffix("-fresh"), scene="photo", shape=[375, 500], labels=21, iterations=5,
                   batch=1, dtype="float32", pct_of_copy_bandwidth=20.0, peak_memory_bytes=None, **info)
 
 
@@ -163,6 +163,15 @@ def test_crf_table_paired_speedup(tmp_path):
     assert "| cpp | 320.0 | 80.0 | 4.00x | 3.50x (3.25–3.75x) | 12.5 | 20.0 | — |" in table_row(text, "| cpp |")
     assert "| reference | 320.0 | 1600.0 | 0.20x | not measured | 0.6 |" in table_row(text, "| reference |")
     assert "Paired speed-up (dense CRF)" in text
+
+    fresh = crf("fastseg-cpp-fresh", "fastseg", 0.1, fresh_lattices=True, **PAIRED)
+    path = write(tmp_path / "fresh.json", document([crf("pydensecrf", "pydensecrf", 0.32),
+                                                    crf("fastseg-cpp", "fastseg", 0.08, fresh_lattices=False),
+                                                    fresh], device=cpu))
+    assert bench("--report", path) == 0
+    text = (tmp_path / "fresh.md").read_text()
+    assert "| cpp, lattices built each call | 320.0 | 100.0 | 3.20x | 3.50x" in text
+    assert "| cpp | 320.0 | 80.0 | 4.00x |" in text
 
     old = write(tmp_path / "old.json", document([crf("pydensecrf", "pydensecrf", 0.32),
                                                  crf("fastseg-cpp", "fastseg", 0.08)], device=cpu))

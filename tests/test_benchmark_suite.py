@@ -288,6 +288,23 @@ def test_which_crf_cases_are_paired():
     assert not any(test_dense_crf_perf._timed_in_pairs(c, cuda, disabled=False) for c in gpu_cases)
 
 
+@pytest.mark.parametrize("full", [False, True])
+def test_crf_cases_with_fresh_lattices(full):
+    """The VOC photo's batch-1 groups, at both iteration counts, also time
+    every fast backend with no lattice kept from the call before; their ids
+    say so, and no other group has them."""
+    for device in (torch.device("cpu"), torch.device("cuda")):
+        cases = test_dense_crf_perf._cases(device, full=full)
+        fresh = [c for c in cases if c.fresh_lattices]
+        fast = [b for b in test_dense_crf_perf.BACKENDS if b != "reference"]
+        assert sorted((c.contender, c.iterations) for c in fresh) == sorted(
+            (b, it) for b in fast for it in test_dense_crf_perf.ITERATIONS)
+        assert all(c.scene.name == "photo" and c.batch == 1 for c in fresh)
+        assert all(c.id.startswith(f"fastseg-{c.contender}-fresh-photo") for c in fresh)
+        assert len({c.id for c in cases}) == len(cases)
+        assert all(c.info()["fresh_lattices"] == c.fresh_lattices for c in cases)
+
+
 # --- a timed CPU run, end to end ------------------------------------------------------
 
 def test_a_timed_cpu_run_records_the_fields(tmp_path):

@@ -144,10 +144,16 @@ def crf_table(benchmarks) -> str:
         b, base = pair.record, pair.baseline
         info, seconds = b["extra_info"], median(b)
         rows.append(f"| {info['scene']} | {_shape(info)} | {info['labels']} | {info['iterations']} | {info['batch']} "
-                    f"| {info['backend']} | {_ms(base, 1)} | {seconds * 1e3:.1f} | {speedup_text(base, seconds)} "
+                    f"| {_crf_contender(info)} | {_ms(base, 1)} | {seconds * 1e3:.1f} | {speedup_text(base, seconds)} "
                     f"| {_paired_text(info, quartiles=True)} | {info['batch'] / seconds:.1f} "
                     f"| {info['pct_of_copy_bandwidth']:.1f} | {_peak_memory(info)} |")
     return "\n".join(rows) + "\n"
+
+
+def _crf_contender(info: dict) -> str:
+    """The backend, and whether each call built every lattice afresh
+    (benchmarks/test_dense_crf_perf.py's -fresh variants)."""
+    return f"{info['backend']}, lattices built each call" if info.get("fresh_lattices") else info["backend"]
 
 
 def models_table(benchmarks) -> str:

@@ -15,7 +15,9 @@ constants, array shapes and dtypes, so that migrating takes one line::
     Q = d.inference(5)                  # float32 [M, W*H]
 
 Each pairwise term builds its lattice once, when it is added, with the
-fastest backend here (``fastseg.ops.permutohedral_lattice``); the iterations
+fastest backend here (``fastseg.ops.permutohedral_lattice``); that of
+``addPairwiseGaussian``, of positions alone, is kept for later CRFs of the
+same size (``fastseg.ops.clear_lattice_cache``); the iterations
 are ``fastseg.reference.dense_crf.mean_field``'s, which ``inference`` runs
 in the C++ backend's fused op (``fastseg.ops.dense_crf``'s) where every
 kernel is symmetrically normalised (the default). Everything is computed in
@@ -42,7 +44,8 @@ import torch
 
 from .._checks import is_number, positive_numbers
 from ..ops.dense_crf import MAX_ITERATIONS, check_compat_scale, compat_magnitude, fused_mean_field
-from ..ops.permutohedral_filter import Lattice, permutohedral_lattice
+from ..ops._kept_lattices import kept_lattices
+from ..ops.permutohedral_filter import Lattice, lattice_backend, permutohedral_lattice
 from ..reference.dense_crf import Filter, mean_field, mean_field_energy, symmetric_compat
 from ..reference.dense_crf import normalization as symmetric_normalization
 from ..reference.permutohedral_filter import lattice_scale
@@ -234,11 +237,22 @@ class DenseCRF:
         for differing labels), a float32 array of nlabels (diagonal) or an
         nlabels x nlabels float32 array (full matrix, symmetrised)."""
         _check_array(features, "features", np.float32, (None, self._nvar), f"of shape (D, nvar) = (D, {self._nvar})")
+        self._add_kernel(features, compat, kernel, normalization, of_positions=False)
+
+    def _add_kernel(self, features: np.ndarray, compat, kernel, normalization, of_positions: bool) -> None:
+        """addPairwiseEnergy of checked features; those of positions alone
+        (of_positions) get a lattice kept for later CRFs of this size, as
+        fastseg.ops.dense_crf's spatial kernel does."""
         compat = _compat_matrix(compat, self._nlabels)
         check_compat_scale(compat_magnitude(compat), "compat", features.shape[0], torch.float32)
         _enum_member(kernel, KernelType, "kernel")
         kind = _enum_member(normalization, NormalizationType, "normalization")
-        lattice = permutohedral_lattice(torch.from_numpy(np.ascontiguousarray(features)).unsqueeze(0))
+        tensor = torch.from_numpy(np.ascontiguousarray(features)).unsqueeze(0)
+        if of_positions:
+            backend = lattice_backend(tensor)
+            lattice = kept_lattices().lattice(tensor, backend, lambda: permutohedral_lattice(tensor, backend=backend))
+        else:
+            lattice = permutohedral_lattice(tensor)
         self._pairwise.append((lattice, features.shape[0], kind, compat))
         if self._fused_kernels is not None and kind == NORMALIZE_SYMMETRIC and lattice.backend == "cpp":
             self._fused_kernels.append((lattice, _fused_compat(compat)))
@@ -310,7 +324,7 @@ class DenseCRF2D(DenseCRF):
         compat=3."""
         sx, sy = positive_numbers(sxy, "sxy", 2)
         features = utils.create_pairwise_gaussian((sy, sx), (self._h, self._w))
-        self.addPairwiseEnergy(_x_first(features), compat, kernel, normalization)
+        self._add_kernel(_x_first(features), compat, kernel, normalization, of_positions=True)
 
     def addPairwiseBilateral(self, sxy, srgb, rgbim, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC):
         """An appearance kernel over positions and colours: features

@@ -8,7 +8,9 @@ position and colour (``bilateral_sxy``, ``bilateral_srgb``,
 symmetric normalisation; see ``fastseg.reference.dense_crf`` for the
 iteration. Each kernel's lattice is built once per call and filters every
 label at every iteration; the spatial kernel's, of positions alone, is built
-for one image and repeated for the others of a batch.
+for one image and repeated for the others of a batch, and kept for later
+calls on images of that size (``fastseg.ops.clear_lattice_cache``, and
+``_kept_lattices`` for the bounds).
 
 Batched: logits [B, L, *spatial] with an image [B, C, *spatial] of any
 number of channels, 2-D images and 3-D volumes (with a physical ``spacing``
@@ -31,6 +33,7 @@ from torch import Tensor, nn
 from .. import _backend, _compiled_ops
 from .._checks import FLOAT_DTYPES, as_float, is_number, positive_numbers
 from ..reference.permutohedral_filter import lattice_scale
+from ._kept_lattices import kept_lattices
 from .permutohedral_filter import BACKENDS as FILTER_BACKENDS
 from .permutohedral_filter import Lattice, build_lattice, check_corner_count, check_finite, uncovered
 
@@ -273,8 +276,14 @@ def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, prob
     if logits.shape[0] == 0:  # only the batch may be empty, as in PyTorch
         return torch.empty_like(logits)
 
-    def lattice_filter(features: Tensor, copies: int) -> Lattice:
-        return build_lattice(features, spatial, name).repeated(copies)
+    def lattice_filter(features: Tensor, copies: int, of_positions: bool) -> Lattice:
+        def build() -> Lattice:
+            return build_lattice(features, spatial, name)
+
+        # Under torch.compile the tensors are traced, not values to keep.
+        keep = of_positions and not torch.compiler.is_compiling()
+        lattice = kept_lattices().lattice(features, name, build) if keep else build()
+        return lattice.repeated(copies)
 
     def solve(scores: Tensor, scores_are: str, kernels, iterations: int) -> Tensor:
         return _mean_field(scores, scores_are, kernels, iterations, name)

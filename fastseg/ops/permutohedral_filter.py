@@ -270,7 +270,13 @@ def permutohedral_lattice(features: Tensor, *, backend: str | None = None) -> La
     the features are float64, float32 otherwise."""
     check_features(features)
     return build_lattice(flat_features(features, compute_dtype(features)), tuple(features.shape[2:]),
-                         _backend.resolve_backend(BACKENDS, backend, features, uncovered=uncovered(features.shape[1])))
+                         lattice_backend(features, backend))
+
+
+def lattice_backend(features: Tensor, backend: str | None = None) -> str:
+    """The backend that builds the lattice of features [B, d, *spatial]:
+    ``backend``, checked, or the fastest for them."""
+    return _backend.resolve_backend(BACKENDS, backend, features, uncovered=uncovered(features.shape[1]))
 
 
 def check_corner_count(images: int, pixels: int, d: int, name: str = "features") -> None:

@@ -131,14 +131,16 @@ def kernel_features(image: torch.Tensor | None, spatial: Sequence[int], batch: i
 
 
 def run_dense_crf(logits: torch.Tensor, image: torch.Tensor | None, iterations: int, probabilities: bool,
-                  kernel_params, spacing, lattice_filter: Callable[[torch.Tensor, int], Filter],
+                  kernel_params, spacing, lattice_filter: Callable[[torch.Tensor, int, bool], Filter],
                   solve=solve_mean_field) -> torch.Tensor:
     """The mean-field of ``dense_crf`` with the normalised Gaussian filters
-    that ``lattice_filter(features, copies)`` makes from [B', N, d] features
-    for the batch of B = B' * copies images: the reference's own lattice
-    here, a faster backend's in ``fastseg.ops.dense_crf``. A kernel of
-    positions alone has the same features in every image, so it passes one
-    image's (B' = 1, copies = B), whose lattice serves them all.
+    that ``lattice_filter(features, copies, of_positions)`` makes from
+    [B', N, d] features for the batch of B = B' * copies images: the
+    reference's own lattice here, a faster backend's in
+    ``fastseg.ops.dense_crf``. A kernel of positions alone (of_positions)
+    has the same features in every image, so it passes one image's
+    (B' = 1, copies = B), whose lattice serves them all, and every image of
+    that size and spacing, which a backend may keep for later calls.
     ``solve`` runs the iterations, with ``solve_mean_field``'s signature; a
     backend may pass its own, which takes whatever its ``lattice_filter``
     makes.
@@ -154,14 +156,16 @@ def run_dense_crf(logits: torch.Tensor, image: torch.Tensor | None, iterations: 
             continue
         images = batch if srgb is not None else 1
         features = kernel_features(image, spatial, images, spacing, sxy, srgb, dtype, logits.device)
-        kernels.append((lattice_filter(features, batch // images), symmetric_compat(compat, dtype, logits.device)))
+        kernels.append((lattice_filter(features, batch // images, srgb is None),
+                        symmetric_compat(compat, dtype, logits.device)))
     scores_are = "probabilities" if probabilities else "logits"
     q = solve(scores, scores_are, kernels, iterations)  # [B, N, L], in the memory layout solve chose
     q = q.reshape(batch, *spatial, labels).movedim(-1, 1).to(logits.dtype)
     return q.contiguous(memory_format=memory_format_of(logits))
 
 
-def _reference_filter(features: torch.Tensor, copies: int) -> Filter:
+def _reference_filter(features: torch.Tensor, copies: int, of_positions: bool) -> Filter:
+    # Built afresh every call, of positions or not: the reference keeps nothing.
     lattice = repeat_lattice(build_lattice(features), copies)
     like = features.expand(features.shape[0] * copies, -1, -1)  # the shape of the whole batch's features
     return normalized_filter(lambda values: apply_lattice(values, lattice), like)
