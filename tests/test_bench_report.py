@@ -61,9 +61,10 @@ def model(variant: str, median: float, **info) -> dict:
 
 def crf(variant: str, implementation: str, median: float, **info) -> dict:
     """A dense-CRF record of the VOC photo at 5 iterations (CPU)."""
+    backend = variant.removeprefix("fastseg-").removesuffix("-fresh")
     return record("dense_crf photo-375x500-L21 it5 b1", variant, implementation, median, op="dense_crf",
-                  backend=variant.removeprefix("fastseg-").removesuffix("-fresh"), scene="photo", shape=[375, 500], labels=21, iterations=5,
-                  batch=1, dtype="float32", pct_of_copy_bandwidth=20.0, peak_memory_bytes=None, **info)
+                  backend=backend, scene="photo", shape=[375, 500], labels=21, iterations=5, batch=1,
+                  dtype="float32", pct_of_copy_bandwidth=20.0, peak_memory_bytes=None, **info)
 
 
 PAIRED = {"paired_rounds": 5, "paired_baseline_median_s": 0.35, "paired_median_s": 0.1, "paired_speedup": 3.5,
@@ -171,7 +172,7 @@ def test_crf_table_paired_speedup(tmp_path):
     assert bench("--report", path) == 0
     text = (tmp_path / "fresh.md").read_text()
     assert "| cpp, lattices built each call | 320.0 | 100.0 | 3.20x | 3.50x" in text
-    assert "| cpp | 320.0 | 80.0 | 4.00x |" in text
+    assert "| cpp, spatial lattice kept | 320.0 | 80.0 | 4.00x |" in text
 
     old = write(tmp_path / "old.json", document([crf("pydensecrf", "pydensecrf", 0.32),
                                                  crf("fastseg-cpp", "fastseg", 0.08)], device=cpu))
@@ -393,6 +394,22 @@ def test_readme_table_prefers_the_paired_speedup(tmp_path):
     text = readme.results_table(results)
     assert "| dense_crf | 1 | 4.00x (4.00–4.00x) |" in text
     assert "paired" not in text and "in the same run, for the fastest fastseg variant" in text
+    assert "spatial kernel's lattice" not in text  # a run from before the lattice was kept says nothing of it
+
+
+def test_readme_table_says_where_the_spatial_lattice_was_kept(tmp_path):
+    """A CRF run whose records say whether the spatial lattice was kept: the
+    legend says the dense_crf rows are of a stream of same-size images."""
+    results = tmp_path / "results"
+    results.mkdir()
+    write(results / "cpu-crf.json", document([crf("pydensecrf", "pydensecrf", 0.32),
+                                              crf("fastseg-cpp", "fastseg", 0.08, fresh_lattices=False),
+                                              crf("fastseg-cpp-fresh", "fastseg", 0.1, fresh_lattices=True)],
+                                             device="AMD EPYC (2 threads)"))
+    text = readme.results_table(results)
+    assert ("For dense_crf, the calls after the first on images of one size reuse the spatial kernel's lattice "
+            "(kept between calls, as for a stream of same-size images)") in text
+    assert "| dense_crf | 1 | 4.00x (4.00–4.00x) |" in text  # the faster variant: the kept lattice's
 
 
 def test_repository_readme_is_generated():

@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 
+import fastseg.crf as dcrf
 import fastseg.ops
 from crf_helpers import coloured_regions
 from fastseg.ops import dense_crf
@@ -129,17 +130,22 @@ def lattice_of(n: int, d: int = 2):
     return features, filter_module.build_lattice(features, (n,), "cpp")
 
 
+def ask(store, features, build, backend="cpp", spatial_shape=None):
+    """store.lattice for features [1, n, d] of an image of n pixels."""
+    return store.lattice(features, spatial_shape or (features.shape[1],), backend, build)
+
+
 def test_the_least_recently_used_goes_first():
     store = kept_module.KeptLattices(max_bytes=1 << 30, max_entries=2)
     made = {n: lattice_of(n) for n in (5, 6, 7)}
     for n in (5, 6):
-        store.lattice(made[n][0], "cpp", lambda n=n: made[n][1])
-    store.lattice(made[5][0].clone(), "cpp", pytest.fail)  # a hit: 5 becomes the most recent
-    store.lattice(made[7][0], "cpp", lambda: made[7][1])  # drops 6
+        ask(store, made[n][0], lambda n=n: made[n][1])
+    ask(store, made[5][0].clone(), pytest.fail)  # a hit: 5 becomes the most recent
+    ask(store, made[7][0], lambda: made[7][1])  # drops 6
     assert len(store) == 2
-    assert store.lattice(made[5][0], "cpp", pytest.fail) is made[5][1]
+    assert ask(store, made[5][0], pytest.fail) is made[5][1]
     rebuilt = []
-    store.lattice(made[6][0], "cpp", lambda: rebuilt.append(6) or made[6][1])
+    ask(store, made[6][0], lambda: rebuilt.append(6) or made[6][1])
     assert rebuilt == [6]
 
 
@@ -148,44 +154,67 @@ def test_the_bytes_bound_the_store():
     other, other_lattice = lattice_of(41)
     size, other_size = (kept_module._bytes_of(f, *x.tensors) for f, x in ((features, lattice), (other, other_lattice)))
     store = kept_module.KeptLattices(max_bytes=size - 1)
-    store.lattice(features, "cpp", lambda: lattice)
+    ask(store, features, lambda: lattice)
     assert len(store) == 0  # larger than the whole store: not kept
     store = kept_module.KeptLattices(max_bytes=max(size, other_size) + 10)
-    store.lattice(features, "cpp", lambda: lattice)
+    ask(store, features, lambda: lattice)
     assert len(store) == 1 and store.nbytes == size
-    store.lattice(other, "cpp", lambda: other_lattice)  # both do not fit: the older goes
-    assert len(store) == 1 and store.lattice(other, "cpp", pytest.fail) is other_lattice
+    ask(store, other, lambda: other_lattice)  # both do not fit: the older goes
+    assert len(store) == 1 and ask(store, other, pytest.fail) is other_lattice
+
+
+def test_a_lattice_too_large_to_keep_leaves_the_others():
+    small, small_lattice = lattice_of(8)
+    big, big_lattice = lattice_of(400)
+    store = kept_module.KeptLattices(max_bytes=kept_module._bytes_of(small, *small_lattice.tensors) + 100)
+    ask(store, small, lambda: small_lattice)
+    assert ask(store, big, lambda: big_lattice) is big_lattice
+    assert len(store) == 1 and ask(store, small, pytest.fail) is small_lattice
 
 
 def test_equal_values_only():
     features, lattice = lattice_of(9)
     store = kept_module.KeptLattices(max_bytes=1 << 30)
-    store.lattice(features, "cpp", lambda: lattice)
+    ask(store, features, lambda: lattice)
     nudged = features.clone()
     nudged[0, 4, 1] = torch.nextafter(nudged[0, 4, 1], torch.tensor(1e9))
     rebuilt = []
-    store.lattice(nudged, "cpp", lambda: rebuilt.append(1) or lattice)
-    store.lattice(features.double(), "cpp", lambda: rebuilt.append(2) or lattice)
-    store.lattice(features, "reference", lambda: rebuilt.append(3) or lattice)
-    assert rebuilt == [1, 2, 3]
+    ask(store, nudged, lambda: rebuilt.append("values") or lattice)
+    ask(store, features.double(), lambda: rebuilt.append("dtype") or lattice)
+    ask(store, features, lambda: rebuilt.append("backend") or lattice, backend="reference")
+    ask(store, features, lambda: rebuilt.append("shape") or lattice, spatial_shape=(3, 3))
+    assert rebuilt == ["values", "dtype", "backend", "shape"]
+    assert ask(store, features.clone(), pytest.fail) is lattice
 
 
-def test_the_environment_sets_the_bytes(monkeypatch):
-    monkeypatch.setenv("FASTSEG_LATTICE_CACHE_MB", "3")
-    assert kept_module._megabytes_from_environment() == 3
-    for bad in ("lots", "-1", "1.5"):
-        monkeypatch.setenv("FASTSEG_LATTICE_CACHE_MB", bad)
-        with pytest.raises(ValueError, match="FASTSEG_LATTICE_CACHE_MB"):
-            kept_module._megabytes_from_environment()
+def test_threads_that_build_at_once_keep_one():
+    """Every thread misses and builds before any keeps (a barrier inside
+    the build): one lattice is kept, and every thread gets it but the ones
+    that kept nothing get their own build, equal to it."""
+    store = kept_module.KeptLattices(max_bytes=1 << 30)
+    features, _ = lattice_of(20)
+    count = 4
+    barrier = threading.Barrier(count)
+    got = [None] * count
 
+    def build():
+        barrier.wait(timeout=30)
+        return filter_module.build_lattice(features, (20,), "cpp")
 
-def test_zero_bytes_keep_nothing():
-    features, lattice = lattice_of(9)
-    store = kept_module.KeptLattices(max_bytes=0)
-    calls = []
-    for _ in range(2):
-        store.lattice(features, "cpp", lambda: calls.append(1) or lattice)
-    assert calls == [1, 1] and len(store) == 0
+    def run(i):
+        got[i] = ask(store, features.clone(), build)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store) == 1
+    kept = ask(store, features, pytest.fail)
+    assert sum(g is kept for g in got) >= 1
+    for lattice in got:
+        for a, b in zip(lattice.tensors, kept.tensors):
+            assert torch.equal(a, b)
 
 
 def test_calls_from_threads_agree(builds, gen):
@@ -206,9 +235,67 @@ def test_calls_from_threads_agree(builds, gen):
     assert len(kept_module.kept_lattices()) == 1
 
 
-def test_densecrf2d_keeps_its_gaussian_lattice(monkeypatch, gen):
-    import fastseg.crf as dcrf
+def test_the_environment_sets_the_bytes(monkeypatch):
+    for text, megabytes in (("3", 3), (" 12 ", 12), ("0", 0), ("", 256)):
+        monkeypatch.setenv("FASTSEG_LATTICE_CACHE_MB", text)
+        assert kept_module._megabytes_from_environment() == megabytes
+    monkeypatch.delenv("FASTSEG_LATTICE_CACHE_MB")
+    assert kept_module._megabytes_from_environment() == 256
+    for bad in ("lots", "-1", "1.5", "3_0", "\u0663", "1e3"):
+        monkeypatch.setenv("FASTSEG_LATTICE_CACHE_MB", bad)
+        with pytest.raises(ValueError, match="FASTSEG_LATTICE_CACHE_MB must be a whole number"):
+            kept_module._megabytes_from_environment()
 
+
+def test_clearing_makes_no_store(monkeypatch):
+    """clear_lattice_cache before any CRF neither makes the store nor reads
+    the environment (a bad value there is reported by the first CRF)."""
+    monkeypatch.setattr(kept_module, "_store", None)
+    monkeypatch.setenv("FASTSEG_LATTICE_CACHE_MB", "lots")
+    fastseg.ops.clear_lattice_cache()
+    assert kept_module._store is None
+    with pytest.raises(ValueError, match="FASTSEG_LATTICE_CACHE_MB"):
+        dense_crf(torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, 3), 1)
+
+
+def test_zero_bytes_keep_nothing():
+    features, lattice = lattice_of(9)
+    store = kept_module.KeptLattices(max_bytes=0)
+    calls = []
+    for _ in range(2):
+        ask(store, features, lambda: calls.append(1) or lattice)
+    assert calls == [1, 1] and len(store) == 0
+
+
+def test_nothing_is_kept_inside_torch_func(builds, gen):
+    """Inside torch.func.grad the features and lattices are the transform's
+    wrappers: built and used, never kept."""
+    logits, image = crf_inputs(gen, 1, (8, 9))
+
+    def weighted(scale):
+        return scale.square() * dense_crf(logits, image, 2, backend="cpp").sum()
+
+    grad = torch.func.grad(weighted)(torch.tensor(2.0))
+    assert len(kept_module.kept_lattices()) == 0 and builds == [2, 5]
+    expected = 4.0 * fresh(logits, image, 2, backend="cpp").sum()
+    torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.cuda
+def test_a_lattice_serves_only_its_stream(builds, gen):
+    logits, image = (t.cuda() for t in crf_inputs(gen, 1, (13, 15)))
+    first = dense_crf(logits, image, 2, backend="cuda")
+    other = torch.cuda.Stream()
+    with torch.cuda.stream(other):
+        second = dense_crf(logits, image, 2, backend="cuda")
+    other.synchronize()
+    assert builds == [2, 5, 2, 5]
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    dense_crf(logits, image, 2, backend="cuda")
+    assert builds == [2, 5, 2, 5, 5]
+
+
+def test_densecrf2d_keeps_its_gaussian_lattice(monkeypatch, gen):
     made = []
     real = dcrf.permutohedral_lattice
 

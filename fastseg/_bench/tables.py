@@ -151,9 +151,14 @@ def crf_table(benchmarks) -> str:
 
 
 def _crf_contender(info: dict) -> str:
-    """The backend, and whether each call built every lattice afresh
-    (benchmarks/test_dense_crf_perf.py's -fresh variants)."""
-    return f"{info['backend']}, lattices built each call" if info.get("fresh_lattices") else info["backend"]
+    """The backend, and whether the calls reused the spatial lattice kept
+    from the call before or built every lattice afresh (the -fresh variants
+    of benchmarks/test_dense_crf_perf.py); runs recorded before either
+    existed say neither."""
+    fresh = info.get("fresh_lattices")
+    if fresh is None:
+        return info["backend"]
+    return f"{info['backend']}, {'lattices built each call' if fresh else 'spatial lattice kept'}"
 
 
 def models_table(benchmarks) -> str:

@@ -250,7 +250,8 @@ class DenseCRF:
         tensor = torch.from_numpy(np.ascontiguousarray(features)).unsqueeze(0)
         if of_positions:
             backend = lattice_backend(tensor)
-            lattice = kept_lattices().lattice(tensor, backend, lambda: permutohedral_lattice(tensor, backend=backend))
+            lattice = kept_lattices().lattice(tensor, (self._nvar,), backend,
+                                              lambda: permutohedral_lattice(tensor, backend=backend))
         else:
             lattice = permutohedral_lattice(tensor)
         self._pairwise.append((lattice, features.shape[0], kind, compat))

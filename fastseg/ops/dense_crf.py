@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .. import _backend, _compiled_ops
 from .._checks import FLOAT_DTYPES, as_float, is_number, positive_numbers
 from ..reference.permutohedral_filter import lattice_scale
-from ._kept_lattices import kept_lattices
+from ._kept_lattices import keepable, kept_lattices
 from .permutohedral_filter import BACKENDS as FILTER_BACKENDS
 from .permutohedral_filter import Lattice, build_lattice, check_corner_count, check_finite, uncovered
 
@@ -280,9 +280,8 @@ def dense_crf(logits: Tensor, image: Tensor | None, iterations: int = 5, *, prob
         def build() -> Lattice:
             return build_lattice(features, spatial, name)
 
-        # Under torch.compile the tensors are traced, not values to keep.
-        keep = of_positions and not torch.compiler.is_compiling()
-        lattice = kept_lattices().lattice(features, name, build) if keep else build()
+        keep = of_positions and keepable(features)
+        lattice = kept_lattices().lattice(features, spatial, name, build) if keep else build()
         return lattice.repeated(copies)
 
     def solve(scores: Tensor, scores_are: str, kernels, iterations: int) -> Tensor:
