@@ -87,9 +87,14 @@ def test_matches_torch(device, backend, geometry, layout, gen):
                  output_sizes=(None, x.shape[-2:], x.shape), indices_layout=indices_layout)
 
 
+# Windows that tile the output (kernel == stride): the CPU kernel's own path
+# for compact indices, in every dtype (its words are 2, 4 or 8 bytes).
+TILED = (PLAIN_K2, Geometry((1, 4, 10, 14), (2, 3)))
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("geometry", [K3S2_CEIL, ASYMMETRIC], ids=str)
+@pytest.mark.parametrize("geometry", [K3S2_CEIL, ASYMMETRIC, *TILED], ids=str)
 @pytest.mark.parametrize("device, backend", BACKENDS)
 def test_matches_torch_dtypes(device, backend, geometry, dtype, layout, gen):
     x, flat, compact = pool_indices(geometry, device, gen)
