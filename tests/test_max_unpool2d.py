@@ -7,6 +7,8 @@ from them with the window geometry written out in pool_helpers. Unpool only
 moves values, so every result must be identical to PyTorch's.
 """
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,8 @@ LAYOUTS = {
     "permuted": ("permuted", "permuted"),
     "strided": ("strided", "strided"),
     "mixed": ("channels_last", "nchw"),
+    "mixed_reverse": ("nchw", "channels_last"),
+    "nchw_strided": ("nchw", "strided"),
 }
 
 
@@ -88,8 +92,11 @@ def test_matches_torch(device, backend, geometry, layout, gen):
 
 
 # Windows that tile the output (kernel == stride): the CPU kernel's own path
-# for compact indices, in every dtype (its words are 2, 4 or 8 bytes).
-TILED = (PLAIN_K2, Geometry((1, 4, 10, 14), (2, 3)))
+# for compact indices, in every dtype (its words are 2, 4 or 8 bytes). With
+# ceil_mode on odd sizes, x's own size is one short of the last window: the
+# general path; kernel 2 with dilation 2 never tiles; kernel 1 always does.
+TILED = (PLAIN_K2, Geometry((1, 4, 10, 14), (2, 3)), Geometry((2, 3, 9, 11), 2, ceil_mode=True),
+         Geometry((1, 2, 9, 9), 2, 2, 0, 2), Geometry((1, 2, 7, 9), 1, 1, 0, 2))
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
@@ -355,6 +362,24 @@ def test_invalid_arguments_raise_naming_them(backend, kwargs, error, match, gen)
         max_unpool2d(**args, backend=backend)
     for t, before in zip((args["input"], args["indices"]), inputs_before, strict=True):
         assert torch.equal(t, before)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "mixed", "mixed_reverse"])
+@pytest.mark.parametrize("geometry", TILED[:2], ids=str)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_compact_index_naming_no_tap_is_invalid(backend, geometry, layout, gen):
+    """Where the windows tile the output, an index is invalid iff it names
+    no tap of its window, in any layout and kernel width."""
+    x, flat, compact = pool_indices(geometry, "cpu", gen)
+    values_layout, indices_layout = LAYOUTS[layout]
+    values = relayout(torch.randn(flat.shape, generator=gen), values_layout)
+    taps = math.prod(geometry.kernel if isinstance(geometry.kernel, tuple) else (geometry.kernel,) * 2)
+    for bad_tap in (taps, 255):
+        bad = compact.clone()
+        bad[-1, -1, -1, 0] = bad_tap
+        with pytest.raises(ValueError, match=rf"1 of \d+ entries are invalid; compact indices must name a tap of "
+                                             rf"their window \(< {taps}\).*got {bad_tap}"):
+            max_unpool2d(values, relayout(bad, indices_layout), **geometry.unpool_args, backend=backend)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
